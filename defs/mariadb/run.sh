@@ -1,0 +1,10 @@
+#!/bin/sh
+set -eu
+install -d -o mysql -g mysql -m 0755 /run/mysqld /var/log/mysql
+install -d -o mysql -g mysql -m 0750 /var/lib/mysql
+if [ ! -d /var/lib/mysql/mysql ]; then
+    echo "mariadb: first start, creating the database in the overlay"
+    mariadb-install-db --user=mysql --datadir=/var/lib/mysql --auth-root-authentication-method=socket >/dev/null
+fi
+# Accounting never leaves the instance: listen on loopback only.
+exec mariadbd --user=mysql --bind-address=127.0.0.1 --skip-name-resolve

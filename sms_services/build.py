@@ -1,0 +1,200 @@
+"""Build one release variant into a SIF, layer by layer, never leaving a partial file.
+
+Layers ``os`` and ``packages`` are cached by the hash of their definition text
+(the ``packages`` key also covers the ``os`` key), so editing one fragment's
+run script rebuilds only the ``final`` layer, and editing a package list
+re-installs from a bound host apt cache instead of downloading again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .apptainer import Apptainer, last_line
+from .checks import check_variant
+from .errors import UserError
+from .project import Project
+from .release import Variant
+from .render import render
+
+MIN_FREE_GIB = float(os.environ.get("SMS_MIN_FREE_GIB", "3"))
+
+
+def default_cache() -> Path:
+    base = os.environ.get("SMS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sms-services")
+    return Path(base)
+
+
+@dataclass
+class BuildResult:
+    release: str
+    variant: str
+    sif: str
+    size: int
+    sha256: str
+    seconds: float
+    layers: dict[str, str] = field(default_factory=dict)  # layer -> "cached" | "built"
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def sif_path(project: Project, variant: Variant, out_dir: Path | None = None) -> Path:
+    out = out_dir or project.root / "build" / variant.release.id
+    return out / f"sms-services-{variant.release.id}-{variant.kind}.sif"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_space(*dirs: Path) -> None:
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(d).free / 2**30
+        if free < MIN_FREE_GIB:
+            raise UserError(f"{d}: only {free:.1f} GiB free, a build needs {MIN_FREE_GIB:.0f} GiB; "
+                            "free some space or set SMS_CACHE_DIR / --out elsewhere")
+
+
+class Builder:
+    def __init__(self, project: Project, apptainer: Apptainer, *, cache: Path | None = None,
+                 say: Callable[[str], None] = lambda s: None) -> None:
+        self.project = project
+        self.apptainer = apptainer
+        self.cache = cache or default_cache()
+        self.say = say
+
+    def _build_one(self, definition: str, target: Path, log: Path, *, binds: list[str], what: str) -> None:
+        """apptainer build into a temp file beside ``target``, renamed only on success."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_def = tempfile.mkstemp(prefix=".sms-def-", suffix=".def", dir=target.parent)
+        os.close(fd)
+        tmp_sif = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        Path(tmp_def).write_text(definition)
+        tmpdir = Path(tempfile.mkdtemp(prefix="build-", dir=self.cache / "tmp"))
+        args = ["build", "--force", *self.apptainer.build_flags]
+        for b in binds:
+            args += ["--bind", b]
+        args += [str(tmp_sif), tmp_def]
+        env_tmp = os.environ.get("APPTAINER_TMPDIR")
+        os.environ["APPTAINER_TMPDIR"] = str(tmpdir)
+        try:
+            res = self.apptainer.run(args, cwd=self.project.root, log=log)
+            if res.returncode != 0:
+                tail = log.read_text(errors="replace")[-20000:]
+                if "no space left on device" in tail.lower():
+                    raise UserError(f"{what}: no space left on device while building; free space under "
+                                    f"{self.cache} and {target.parent} (log: {log})")
+                raise UserError(f"{what}: apptainer build failed: {last_line(tail)} (full log: {log})")
+            os.replace(tmp_sif, target)
+        finally:
+            if env_tmp is None:
+                os.environ.pop("APPTAINER_TMPDIR", None)
+            else:
+                os.environ["APPTAINER_TMPDIR"] = env_tmp
+            for p in (tmp_sif, Path(tmp_def)):
+                p.unlink(missing_ok=True)
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def build(self, variant: Variant, *, out: Path | None = None, commit: str | None = None) -> BuildResult:
+        start = time.monotonic()
+        ctx = self.project.context(variant, commit)
+        problems = check_variant(variant, self.project)
+        if problems:
+            more = f" (and {len(problems) - 1} more: smsctl check)" if len(problems) > 1 else ""
+            raise UserError(f"{problems[0]}{more}")
+        target = sif_path(self.project, variant, out)
+        layers_dir = self.cache / "layers"
+        for d in (layers_dir, self.cache / "tmp"):
+            d.mkdir(parents=True, exist_ok=True)
+        _check_space(self.cache, target.parent)
+        log = target.with_suffix(".log")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+        result = BuildResult(variant.release.id, variant.kind, str(target), 0, "", 0.0)
+
+        # The layer key is the definition text with the parent's path replaced by its key.
+        os_text = render(ctx, "os").text()
+        os_key = hashlib.sha256(os_text.encode()).hexdigest()[:20]
+        os_sif = layers_dir / f"os-{variant.base.name}-{os_key}.sif"
+        pkg_text = render(ctx, "packages", from_image=str(os_sif)).text()
+        pkg_key = hashlib.sha256(pkg_text.replace(str(os_sif), os_key).encode()).hexdigest()[:20]
+        pkg_sif = layers_dir / f"packages-{variant.base.name}-{pkg_key}.sif"
+
+        binds = []
+        if variant.family == "debian":
+            apt_cache = self.cache / "apt" / variant.base.name
+            apt_cache.mkdir(parents=True, exist_ok=True)
+            (apt_cache / "partial").mkdir(exist_ok=True)
+            binds = [f"{apt_cache}:/var/cache/apt/archives"]
+
+        for name, sif, text, b in (("os", os_sif, os_text, []), ("packages", pkg_sif, pkg_text, binds)):
+            if sif.exists():
+                os.utime(sif)  # most recently used: the last one prune() drops
+                result.layers[name] = "cached"
+                self.say(f"layer {name}: cached ({sif.name})")
+                continue
+            self.say(f"layer {name}: building ({variant.base.name})")
+            t = time.monotonic()
+            self._build_one(text, sif, log, binds=b, what=f"release {variant.name} layer {name}")
+            result.layers[name] = "built"
+            self.say(f"layer {name}: built in {time.monotonic() - t:.0f} s")
+
+        self.say("layer final: building")
+        t = time.monotonic()
+        final_text = render(ctx, "final", from_image=str(pkg_sif)).text()
+        self._build_one(final_text, target, log, binds=[], what=f"release {variant.name} layer final")
+        result.layers["final"] = "built"
+        self.say(f"layer final: built in {time.monotonic() - t:.0f} s")
+
+        try:
+            self.verify_no_secrets(target, ctx.fragments)
+        except UserError:
+            target.unlink(missing_ok=True)
+            raise
+        result.size = target.stat().st_size
+        result.sha256 = sha256_file(target)
+        result.labels = self.apptainer.labels(target)
+        result.seconds = round(time.monotonic() - start, 1)
+        target.with_suffix(".json").write_text(result.to_json() + "\n")
+        self.prune(keep={os_sif, pkg_sif}, base=variant.base.name)
+        return result
+
+    def verify_no_secrets(self, sif: Path, fragments) -> None:
+        """Belt and braces after the in-definition guard: look inside the finished image."""
+        secrets = sorted({s for f in fragments for s in f.secrets})
+        if not secrets:
+            return
+        script = 'for p in "$@"; do [ -e "$p" ] && echo "$p"; done; exit 0'
+        res = self.apptainer.exec(sif, ["/bin/sh", "-c", script, "sh", *secrets])
+        if res.returncode != 0:
+            raise UserError(f"{sif}: cannot look inside the image ({last_line(res.stderr)})")
+        found = res.stdout.split()
+        if found:
+            owners = {s: f.name for f in fragments for s in f.secrets}
+            raise UserError(f"{sif}: secret {found[0]} (fragment {owners[found[0]]}) is in the image; "
+                            "the image was removed")
+
+    def prune(self, keep: set[Path], base: str, max_per_base: int = 3) -> None:
+        """Keep the newest few layers per base so the cache does not grow without bound."""
+        for kind in ("os", "packages"):
+            layers = sorted((self.cache / "layers").glob(f"{kind}-{base}-*.sif"),
+                            key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in layers[max_per_base:]:
+                if old not in keep:
+                    old.unlink(missing_ok=True)

@@ -1,0 +1,222 @@
+"""``smsctl``: the admin's command line.
+
+Every command prints a table for people and, with ``--json``, one JSON object
+for scripts. Bad input ends in one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import UserError
+from .project import Project, load_project
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Pipes and CI logs get a wide console: a table cut to 80 columns hides the facts.
+out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+
+
+def _project(args: argparse.Namespace) -> Project:
+    return load_project(Path(args.root).resolve() if args.root else None)
+
+
+def cmd_releases(args: argparse.Namespace) -> int:
+    from .apptainer import Apptainer
+
+    project = _project(args)
+    try:
+        runtime: str | None = f"{Apptainer.find().flavour} {'.'.join(map(str, Apptainer.find().version))}"
+    except UserError:
+        runtime = None
+    rows = []
+    for rel in project.matrix.releases.values():
+        variants = []
+        for v in rel.variants():
+            if v.kind == "debian":
+                here = "yes" if runtime else "no: needs Apptainer (scripts/install-host.sh)"
+            else:
+                here = "render only: needs an EL mirror and OpenHPC repo"
+            variants.append({"variant": v.kind, "base": v.base.name, "slurmctld": v.slurm,
+                             "serves_slurmd": v.serves(), "buildable_here": here})
+        rows.append({
+            "release": rel.id, "default": rel.id == project.matrix.default, "slurm": rel.slurm,
+            "warewulf": rel.warewulf, "wwclient_protocol": rel.wwclient_protocol,
+            "el_base": rel.el.name if rel.el else None, "debian_suite": rel.debian.name if rel.debian else None,
+            "ohpc_repo": rel.variant("el").ohpc_repo if rel.el else None,
+            "fragments": list(rel.fragments), "variants": variants,
+        })
+    if args.json:
+        print(json.dumps({"default": project.matrix.default, "runtime": runtime, "releases": rows}, indent=2))
+        return 0
+    defaults = project.matrix.default_fragments
+    table = Table(title=f"OpenHPC releases ({project.matrix.path.name})", show_lines=False)
+    for col in ("release", "Slurm", "Warewulf", "EL base", "Debian", "slurmctld", "serves slurmd",
+                "builds here", "fragments"):
+        table.add_column(col, no_wrap=col != "serves slurmd")
+    for r in rows:
+        deb = next((v for v in r["variants"] if v["variant"] == "debian"), None)
+        table.add_row(
+            r["release"] + (" *" if r["default"] else ""), r["slurm"], r["warewulf"], r["el_base"] or "-",
+            r["debian_suite"] or "-", deb["slurmctld"] if deb else "-",
+            " ".join(deb["serves_slurmd"]) if deb else "-",
+            "debian" if deb and deb["buildable_here"] == "yes" else "-",
+            _fragment_diff(r["fragments"], defaults),
+        )
+    out_console.print(table)
+    out_console.print("* default release. defaults: " + " ".join(defaults))
+    out_console.print("EL variants render and pass checks everywhere; they build where an EL mirror "
+                      "and the OpenHPC repository are reachable. --json for everything.")
+    return 0
+
+
+def _fragment_diff(frags: list[str], defaults: tuple[str, ...]) -> str:
+    """'defaults' or the difference from them: the table stays narrow."""
+    extra = [f"+{f}" for f in frags if f not in defaults]
+    gone = [f"-{f}" for f in defaults if f not in frags]
+    return " ".join(["defaults", *extra, *gone])
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .render import render
+
+    project = _project(args)
+    variant = project.matrix.get(args.release or project.matrix.default).variant(args.variant)
+    ctx = project.context(variant, commit=args.commit)
+    sys.stdout.write(render(ctx, args.layer).text())
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checks import check_all
+
+    project = _project(args)
+    findings = check_all(project)
+    for f in findings:
+        err_console.print(f"{f}", markup=False)
+    if findings:
+        return 1
+    n = sum(len(r.variants()) for r in project.matrix.releases.values())
+    print(f"ok: {len(project.fragments)} fragments, {len(project.matrix.releases)} releases, {n} variants")
+    return 0
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from .definition import lint
+
+    bad = 0
+    for path in args.files:
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise UserError(f"{path}: cannot read ({err.strerror})") from None
+        for p in lint(text):
+            err_console.print(f"{path}:{p.line}: {p.message}", markup=False)
+            bad += 1
+    return 1 if bad else 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .apptainer import Apptainer
+    from .build import Builder
+
+    project = _project(args)
+    variant = project.matrix.get(args.release or project.matrix.default).variant(args.variant)
+    say: Callable[[str], None] = (lambda s: None) if args.json else (
+        lambda s: err_console.print(f"[bold]{variant.name}[/bold] {s}"))
+    builder = Builder(project, Apptainer.find(), cache=Path(args.cache) if args.cache else None, say=say)
+    result = builder.build(variant, out=Path(args.out) if args.out else None)
+    if args.json:
+        print(json.dumps({"release": result.release, "variant": result.variant, "sif": result.sif,
+                          "size": result.size, "sha256": result.sha256, "seconds": result.seconds,
+                          "layers": result.layers}, indent=2))
+    else:
+        out_console.print(f"built {result.sif} ({result.size / 2**20:.1f} MiB, {result.seconds:.0f} s, "
+                          f"Slurm {result.labels.get('sms-services.slurm.installed', '?')})")
+        print(result.sif)
+    return 0
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from .apptainer import Apptainer, last_line
+
+    app = Apptainer.find()
+    sif = Path(args.sif)
+    if not sif.is_file():
+        raise UserError(f"{sif}: no such image")
+    res = app.run(["run", *app.cap_flags, "--app", "manifest", str(sif)], timeout=120)
+    if res.returncode != 0:
+        raise UserError(f"{sif}: no package manifest ({last_line(res.stderr)}); was it built by smsctl?")
+    sys.stdout.write(res.stdout)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smsctl", description="Build, verify, sign and publish SMS-services images.")
+    p.add_argument("--version", action="version", version=f"smsctl {__version__}")
+    p.add_argument("--root", help="project folder (default: found from the current directory)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("releases", help="list OpenHPC releases and what each image holds")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_releases)
+
+    def release_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--release", "-r", help="OpenHPC release id (default: releases.yaml's default)")
+        s.add_argument("--variant", choices=("debian", "el"), help="default: debian when the release has one")
+
+    s = sub.add_parser("render", help="print the assembled Apptainer definition")
+    release_args(s)
+    s.add_argument("--layer", choices=("all", "os", "packages", "final"), default="all")
+    s.add_argument("--commit", help="git commit to stamp into labels (default: the checkout's)")
+    s.set_defaults(func=cmd_render)
+
+    s = sub.add_parser("check", help="check every fragment, release and rendered definition")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("lint", help="check Apptainer definition files for common mistakes")
+    s.add_argument("files", nargs="+")
+    s.set_defaults(func=cmd_lint)
+
+    s = sub.add_parser("build", help="build a release's SIF")
+    release_args(s)
+    s.add_argument("release_pos", nargs="?", metavar="RELEASE")
+    s.add_argument("--out", help="output folder (default: build/<release>)")
+    s.add_argument("--cache", help="layer and apt cache (default: ~/.cache/sms-services)")
+    s.add_argument("--json", action="store_true", help="print one JSON object: sif, size, sha256, seconds")
+    s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("manifest", help="print the package manifest embedded in a SIF")
+    s.add_argument("sif")
+    s.set_defaults(func=cmd_manifest)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "release_pos", None):
+        if args.release and args.release != args.release_pos:
+            parser.error("give the release once")
+        args.release = args.release_pos
+    try:
+        return args.func(args)
+    except UserError as err:
+        err_console.print(f"smsctl: {err}", markup=False)
+        return err.exit_code
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        err_console.print("smsctl: interrupted; partial files were removed", markup=False)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

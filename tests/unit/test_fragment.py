@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from sms_services.errors import UserError
+from sms_services.fragment import content_digest, load_fragment, load_fragments, order
+
+
+def test_every_fragment_loads(project) -> None:
+    names = set(project.fragments)
+    assert {"base", "munge", "slurmctld", "rsyslog", "chrony", "postfix", "nat", "cron",
+            "wwclient", "mariadb", "slurmdbd"} <= names
+    assert "/etc/munge/munge.key" in project.fragments["munge"].secrets
+
+
+def test_order_puts_dependencies_first(project) -> None:
+    names = ["wwclient", "slurmctld", "munge", "base"]
+    ordered = [f.name for f in order(names, project.fragments, "test")]
+    assert ordered[0] == "base"
+    assert ordered.index("munge") < ordered.index("slurmctld")
+    assert ordered == [f.name for f in order(list(reversed(names)), project.fragments, "test")]
+
+
+def test_missing_run_script(scratch: Path) -> None:
+    (scratch / "defs/munge/run.sh").unlink()
+    with pytest.raises(UserError, match=r"defs/munge/run.sh: missing run script"):
+        load_fragment(scratch / "defs/munge")
+
+
+def test_dependency_cycle_is_named(scratch: Path) -> None:
+    meta = scratch / "defs/munge/fragment.yaml"
+    meta.write_text(meta.read_text() + "requires: [slurmctld]\n")
+    frags = load_fragments(scratch / "defs")
+    with pytest.raises(UserError, match=r"dependency cycle \(munge -> slurmctld -> munge\)"):
+        order(["base", "munge", "slurmctld"], frags, "test")
+
+
+def test_dependency_not_in_release(project) -> None:
+    with pytest.raises(UserError, match=r"'requires' names 'munge', which is not in release X"):
+        order(["base", "slurmctld"], project.fragments, "release X")
+
+
+@pytest.mark.parametrize("snippet,expect", [
+    ("ports: [{port: 70000}]\n", "field 'ports[0].port' must be 1-65535"),
+    ("ports: [{port: 25, proto: sctp}]\n", "field 'ports[0].proto'"),
+    ("capabilities: [NET_ADMIN]\n", "field 'capabilities[0]'"),
+    ("colour: blue\n", "field 'colour' is not a known field"),
+    ("state: [var/lib/x]\n", "field 'state[0]' must be an absolute path"),
+    ("mode: sometimes\n", "field 'mode'"),
+])
+def test_bad_metadata_names_file_and_field(scratch: Path, snippet: str, expect: str) -> None:
+    meta = scratch / "defs/chrony/fragment.yaml"
+    text = "\n".join(ln for ln in meta.read_text().splitlines()
+                     if not ln.startswith(snippet.split(":")[0] + ":") and not ln.startswith("  - {port"))
+    meta.write_text(text + "\n" + snippet)
+    with pytest.raises(UserError) as e:
+        load_fragment(scratch / "defs/chrony")
+    assert str(meta) in str(e.value) and expect in str(e.value)
+
+
+def test_malformed_yaml_names_the_line(scratch: Path) -> None:
+    meta = scratch / "defs/cron/fragment.yaml"
+    meta.write_text("summary: x\npackages: {debian: [cron\n")
+    with pytest.raises(UserError, match=r"fragment.yaml: line \d+ column \d+: malformed YAML"):
+        load_fragment(scratch / "defs/cron")
+
+
+def test_digest_follows_content_not_tests(scratch: Path) -> None:
+    folder = scratch / "defs/cron"
+    before = content_digest(folder)
+    (folder / "test_cron.py").write_text("# tests never enter the image\n")
+    assert content_digest(folder) == before
+    (folder / "run.sh").write_text((folder / "run.sh").read_text() + "# changed\n")
+    assert content_digest(folder) != before
