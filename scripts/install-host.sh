@@ -44,7 +44,7 @@ MIN_SINGULARITY=4.1
 # and gpgv let debootstrap verify suites.
 HOST_PKGS=(squashfs-tools e2fsprogs uidmap containernetworking-plugins debootstrap
   patchelf python3-venv python3-pip git iproute2 iptables ca-certificates curl
-  libseccomp2 libsqlite3-0 squashfuse fuse2fs fuse-overlayfs debian-archive-keyring gpgv xz-utils)
+  libseccomp2 libsqlite3-0 squashfuse fuse2fs fuse-overlayfs debian-archive-keyring gpgv xz-utils cpio)
 HINT="install Apptainer >= $MIN_APPTAINER or SingularityCE >= $MIN_SINGULARITY, plus squashfs-tools, e2fsprogs, uidmap, containernetworking-plugins and debootstrap, by hand"
 
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C

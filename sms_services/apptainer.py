@@ -74,7 +74,7 @@ class Apptainer:
         self.version = version
 
     @classmethod
-    def find(cls) -> "Apptainer":
+    def find(cls) -> Apptainer:
         """The first usable runtime on PATH, or one clear line saying what to install."""
         override = os.environ.get("SMS_APPTAINER")
         names = [override] if override else ["apptainer", "singularity"]

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .apptainer import Apptainer, last_line
 from .checks import check_variant
@@ -44,6 +44,7 @@ class BuildResult:
     seconds: float
     layers: dict[str, str] = field(default_factory=dict)  # layer -> "cached" | "built"
     labels: dict[str, str] = field(default_factory=dict)
+    final_key: str = ""  # hash of the final layer's inputs: same key, same image
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -155,9 +156,16 @@ class Builder:
             result.layers[name] = "built"
             self.say(f"layer {name}: built in {time.monotonic() - t:.0f} s")
 
+        final_text = render(ctx, "final", from_image=str(pkg_sif)).text()
+        final_key = hashlib.sha256(final_text.replace(str(pkg_sif), pkg_key).encode()).hexdigest()[:20]
+        reused = self._reuse(target, final_key)
+        if reused is not None:
+            self.say(f"final image: unchanged inputs, kept {target.name}")
+            reused.seconds = round(time.monotonic() - start, 1)
+            reused.layers = {**result.layers, "final": "cached"}
+            return reused
         self.say("layer final: building")
         t = time.monotonic()
-        final_text = render(ctx, "final", from_image=str(pkg_sif)).text()
         self._build_one(final_text, target, log, binds=[], what=f"release {variant.name} layer final")
         result.layers["final"] = "built"
         self.say(f"layer final: built in {time.monotonic() - t:.0f} s")
@@ -171,9 +179,23 @@ class Builder:
         result.sha256 = sha256_file(target)
         result.labels = self.apptainer.labels(target)
         result.seconds = round(time.monotonic() - start, 1)
+        result.final_key = final_key
         target.with_suffix(".json").write_text(result.to_json() + "\n")
         self.prune(keep={os_sif, pkg_sif}, base=variant.base.name)
         return result
+
+    def _reuse(self, target: Path, final_key: str) -> BuildResult | None:
+        """The existing image when its recorded inputs are these and its bytes are intact."""
+        record = target.with_suffix(".json")
+        if not target.exists() or not record.exists():
+            return None
+        try:
+            data = json.loads(record.read_text())
+            if data.get("final_key") != final_key or sha256_file(target) != data.get("sha256"):
+                return None
+            return BuildResult(**data)
+        except (ValueError, TypeError):
+            return None
 
     def verify_no_secrets(self, sif: Path, fragments) -> None:
         """Belt and braces after the in-definition guard: look inside the finished image."""

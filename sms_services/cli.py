@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -158,6 +158,25 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipelines(args: argparse.Namespace) -> int:
+    from .pipelines import check_pipelines, write_pipelines
+
+    project = _project(args)
+    if args.check:
+        problems = check_pipelines(project)
+        for line in problems:
+            err_console.print(line, markup=False)
+        return 1 if problems else 0
+    written, removed = write_pipelines(project)
+    for path in written:
+        print(f"wrote {path.as_posix()}")
+    for path in removed:
+        print(f"removed {path.as_posix()}")
+    if not written and not removed:
+        print("ok: CI pipelines already match releases.yaml")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smsctl", description="Build, verify, sign and publish SMS-services images.")
     p.add_argument("--version", action="version", version=f"smsctl {__version__}")
@@ -196,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("manifest", help="print the package manifest embedded in a SIF")
     s.add_argument("sif")
     s.set_defaults(func=cmd_manifest)
+
+    s = sub.add_parser("pipelines", help="generate the per-release CI pipelines under ci/ from releases.yaml")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--write", action="store_true", help="write ci/ files and remove those of dropped releases")
+    g.add_argument("--check", action="store_true", help="exit 1 listing files that are not up to date")
+    s.set_defaults(func=cmd_pipelines)
     return p
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .project import Project
 from .render import RenderContext, _script, files_of, packages_for, program_conf

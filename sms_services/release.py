@@ -35,7 +35,7 @@ class Base:
 class Variant:
     """One buildable flavour of a release."""
 
-    release: "Release"
+    release: Release
     kind: str  # "debian" or "el"
     base: Base
 
@@ -175,7 +175,7 @@ def load_matrix(path: Path) -> Matrix:
         if not WAREWULF_RE.match(ww):
             raise r.fail("warewulf", f"must be 3 or 4.<minor> (e.g. 4.6), found {ww!r}")
 
-        def pick(key: str, family: str) -> Base | None:
+        def pick(key: str, family: str, r: Fields = r) -> Base | None:
             name = r.str(key)
             if name is None:
                 return None

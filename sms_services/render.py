@@ -152,7 +152,8 @@ def _package_steps(ctx: RenderContext) -> list[str]:
             f"    {wanted[-1]}",
             # A bound host cache keeps the .debs for the next build; otherwise drop them.
             "mountpoint -q /var/cache/apt/archives || apt-get clean",
-            "rm -rf /var/lib/apt/lists/*",
+            # apt's binary caches are ~80 MB and rebuilt on demand.
+            "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin",
         ]
     else:
         lines += [
@@ -172,7 +173,7 @@ def _final_steps(ctx: RenderContext) -> list[str]:
     lines: list[str] = []
     for frag in ctx.fragments:
         lines += _script(frag, "build.sh", ctx)
-    lines += [f"# --- supervisor programs, in dependency order", f"mkdir -p {ETC}/supervisor.d"]
+    lines += ["# --- supervisor programs, in dependency order", f"mkdir -p {ETC}/supervisor.d"]
     for i, frag in enumerate(f for f in ctx.fragments if f.mode != "none"):
         conf = f"{ETC}/supervisor.d/{(i + 1) * 10:03d}-{frag.name}.conf"
         lines += [f"cat > {conf} <<'SMS_EOF'", *program_conf(frag, (i + 1) * 10), "SMS_EOF"]
@@ -248,7 +249,7 @@ def render(ctx: RenderContext, layer: str = "all", from_image: str | None = None
         for frag in ctx.fragments:
             files.lines += [f"{src} {dst}" for src, dst in files_of(frag, ctx.root)]
     post = defn.section("post")
-    post.lines += ["set -eu", "export LC_ALL=C"]
+    post.lines += ["set -eu", "umask 022", "export LC_ALL=C"]
     if layer in ("all", "os"):
         post.lines += ["# ===== layer os"] + _os_steps(ctx)
     if layer in ("all", "packages"):

@@ -80,11 +80,11 @@ class Fields:
                 raise self.fail(f"{key}[{i}]", f"must be a string, found {item!r}")
         return [str(v) for v in value]
 
-    def mapping(self, key: str, *, required: bool = False) -> "Fields":
+    def mapping(self, key: str, *, required: bool = False) -> Fields:
         value = self._get(key, dict, {}, required)
         return Fields(value, self.path, f"{self._name(key)}.")
 
-    def list_of_mappings(self, key: str) -> list["Fields"]:
+    def list_of_mappings(self, key: str) -> list[Fields]:
         value = self._get(key, list, [], False)
         out = []
         for i, item in enumerate(value):

@@ -33,8 +33,8 @@ def test_layers_add_up_to_the_whole() -> None:
     parts = []
     for layer in ("os", "packages", "final"):
         post = render(ctx, layer, from_image="x.sif").section("post").lines
-        parts += post[2:]  # each layer repeats the two preamble lines
-    assert whole[2:] == parts
+        parts += post[3:]  # each layer repeats the preamble
+    assert whole[3:] == parts
 
 
 def test_a_changed_run_script_changes_only_the_final_layer(scratch) -> None:

@@ -1,0 +1,84 @@
+"""Build benchmark: cold, warm and incremental build time and SIF size, as JSON.
+
+Cold uses an empty layer cache (everything bootstrapped and downloaded), warm
+repeats the build with nothing changed, incremental changes one fragment's run
+script in a copy of the project. Numbers are measured, never asserted: the
+JSON file is the record (results/bench.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .apptainer import Apptainer
+from .build import Builder
+from .errors import UserError
+from .project import Project, find_root
+
+
+def _timed_build(project: Project, apptainer: Apptainer, release: str, cache: Path, out: Path) -> dict:
+    t = time.monotonic()
+    res = Builder(project, apptainer, cache=cache).build(project.matrix.get(release).variant(), out=out)
+    return {"seconds": round(time.monotonic() - t, 1), "size_bytes": res.size, "layers": res.layers}
+
+
+def run(release: str, out_file: Path) -> dict:
+    root = find_root()
+    apptainer = Apptainer.find()
+    project = Project(root)
+    project.matrix.get(release).variant("debian")
+    work = Path(tempfile.mkdtemp(prefix="sms-bench-"))
+    try:
+        cache = work / "cache"
+        cold = _timed_build(project, apptainer, release, cache, work / "out")
+        warm = _timed_build(project, apptainer, release, cache, work / "out")
+        copy = work / "project"
+        shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".venv", ".nox", "build", "results", ".git"))
+        run_sh = copy / "defs/chrony/run.sh"
+        run_sh.write_text(run_sh.read_text() + "# bench: one fragment changed\n")
+        incremental = _timed_build(Project(copy), apptainer, release, cache, work / "out2")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "release": release,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {"cpus": __import__("os").cpu_count(), "kernel": platform.release(),
+                 "apptainer": ".".join(map(str, apptainer.version))},
+        "build": {"cold": cold, "warm": warm, "incremental_one_fragment": incremental},
+        "sif_size_mib": round(cold["size_bytes"] / 2**20, 1),
+    }
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    # Other benchmarks (verify, cutover) add their own keys to the same file.
+    previous = json.loads(out_file.read_text()) if out_file.exists() else {}
+    previous.update(report)
+    out_file.write_text(json.dumps(previous, indent=2) + "\n")
+    return report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--release", default=None)
+    ap.add_argument("--out", default="results/bench.json")
+    args = ap.parse_args()
+    try:
+        project = Project(find_root())
+        report = run(args.release or project.matrix.default, Path(args.out))
+    except UserError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return err.exit_code
+    b = report["build"]
+    print(f"release {report['release']}: cold {b['cold']['seconds']} s, warm {b['warm']['seconds']} s, "
+          f"one fragment changed {b['incremental_one_fragment']['seconds']} s, "
+          f"SIF {report['sif_size_mib']} MiB -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
