@@ -50,9 +50,10 @@ class BuildResult:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
-def sif_path(project: Project, variant: Variant, out_dir: Path | None = None) -> Path:
+def sif_path(project: Project, variant: Variant, out_dir: Path | None = None, role: str = "sms") -> Path:
     out = out_dir or project.root / "build" / variant.release.id
-    return out / f"sms-services-{variant.release.id}-{variant.kind}.sif"
+    name = "sms-services" if role == "sms" else role
+    return out / f"{name}-{variant.release.id}-{variant.kind}.sif"
 
 
 def sha256_file(path: Path) -> str:
@@ -112,14 +113,15 @@ class Builder:
                 p.unlink(missing_ok=True)
             shutil.rmtree(tmpdir, ignore_errors=True)
 
-    def build(self, variant: Variant, *, out: Path | None = None, commit: str | None = None) -> BuildResult:
+    def build(self, variant: Variant, *, out: Path | None = None, commit: str | None = None,
+              role: str = "sms") -> BuildResult:
         start = time.monotonic()
-        ctx = self.project.context(variant, commit)
-        problems = check_variant(variant, self.project)
+        ctx = self.project.context(variant, commit, role)
+        problems = check_variant(variant, self.project, role)
         if problems:
             more = f" (and {len(problems) - 1} more: smsctl check)" if len(problems) > 1 else ""
             raise UserError(f"{problems[0]}{more}")
-        target = sif_path(self.project, variant, out)
+        target = sif_path(self.project, variant, out, role)
         layers_dir = self.cache / "layers"
         for d in (layers_dir, self.cache / "tmp"):
             d.mkdir(parents=True, exist_ok=True)

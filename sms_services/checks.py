@@ -53,10 +53,10 @@ def check_fragment(frag: Fragment, project: Project) -> list[Finding]:
     return out
 
 
-def check_variant(variant: Variant, project: Project) -> list[Finding]:
+def check_variant(variant: Variant, project: Project, role: str = "sms") -> list[Finding]:
     """Model checks, then lint of the rendered text."""
     out: list[Finding] = []
-    frags = project.ordered(variant)  # raises on unknown fragment, missing dependency, cycle
+    frags = project.ordered(variant, role)  # raises on unknown fragment, missing dependency, cycle
     claimed: dict[tuple[int, str], str] = {}
     for frag in frags:
         for port in frag.ports:
@@ -66,9 +66,9 @@ def check_variant(variant: Variant, project: Project) -> list[Finding]:
                                    f"port {port.port}/{port.proto} is also claimed by fragment "
                                    f"'{claimed[key]}' in release {variant.release.id}"))
             claimed.setdefault(key, frag.name)
-    text = render(project.context(variant, commit="check")).text()
+    text = render(project.context(variant, commit="check", role=role)).text()
     for p in lint(text):
-        out.append(Finding(f"release {variant.name} definition line {p.line}", p.message))
+        out.append(Finding(f"release {variant.name} {role} definition line {p.line}", p.message))
     return out
 
 
@@ -78,5 +78,6 @@ def check_all(project: Project) -> list[Finding]:
         out += check_fragment(frag, project)
     for rel in project.matrix.releases.values():
         for variant in rel.variants():
-            out += check_variant(variant, project)
+            for role in ("sms", "compute"):
+                out += check_variant(variant, project, role)
     return out

@@ -89,7 +89,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     project = _project(args)
     variant = project.matrix.get(args.release or project.matrix.default).variant(args.variant)
-    ctx = project.context(variant, commit=args.commit)
+    ctx = project.context(variant, commit=args.commit, role="compute" if args.compute else "sms")
     sys.stdout.write(render(ctx, args.layer).text())
     return 0
 
@@ -132,7 +132,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     say: Callable[[str], None] = (lambda s: None) if args.json else (
         lambda s: err_console.print(f"[bold]{variant.name}[/bold] {s}"))
     builder = Builder(project, Apptainer.find(), cache=Path(args.cache) if args.cache else None, say=say)
-    result = builder.build(variant, out=Path(args.out) if args.out else None)
+    result = builder.build(variant, out=Path(args.out) if args.out else None,
+                           role="compute" if args.compute else "sms")
     if args.json:
         print(json.dumps({"release": result.release, "variant": result.variant, "sif": result.sif,
                           "size": result.size, "sha256": result.sha256, "seconds": result.seconds,
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     release_args(s)
     s.add_argument("--layer", choices=("all", "os", "packages", "final"), default="all")
     s.add_argument("--commit", help="git commit to stamp into labels (default: the checkout's)")
+    s.add_argument("--compute", action="store_true", help="the lab's compute-node image instead")
     s.set_defaults(func=cmd_render)
 
     s = sub.add_parser("check", help="check every fragment, release and rendered definition")
@@ -210,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (default: build/<release>)")
     s.add_argument("--cache", help="layer and apt cache (default: ~/.cache/sms-services)")
     s.add_argument("--json", action="store_true", help="print one JSON object: sif, size, sha256, seconds")
+    s.add_argument("--compute", action="store_true", help="build the lab's compute-node image instead")
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("manifest", help="print the package manifest embedded in a SIF")

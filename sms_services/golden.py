@@ -12,7 +12,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 from .project import Project
-from .render import RenderContext, _script, files_of, packages_for, program_conf
+from .render import _script, files_of, packages_for, program_conf
 from .site import load_site, render_site
 
 GOLDEN_COMMIT = "0000000000000000000000000000000000000000"
@@ -40,11 +40,11 @@ def render_fragment(project: Project, name: str) -> str:
     frag = project.fragments[name]
     rel = project.matrix.get(project.matrix.default)
     # A fragment outside the default release is shown in the first release that has it.
-    if name not in rel.fragments:
-        rel = next(r for r in project.matrix.releases.values() if name in r.fragments and r.debian)
+    candidates = [rel, *project.matrix.releases.values()]
+    rel, role = next((r, role) for r in candidates for role in ("sms", "compute")
+                     if name in r.role_fragments(role) and r.debian)
     variant = rel.variant()
-    ctx = RenderContext(variant, project.ordered(variant), project.context(variant, GOLDEN_COMMIT).provenance,
-                        project.root)
+    ctx = project.context(variant, GOLDEN_COMMIT, role)
     out = [f"# fragment {name} as rendered for release {rel.id} ({variant.kind}/{variant.base.name})",
            f"summary: {frag.summary}", f"mode: {frag.mode}",
            f"packages: {' '.join(packages_for(frag, variant)) or '-'}",

@@ -56,14 +56,14 @@ class Project:
     def fragments(self) -> dict[str, Fragment]:
         return load_fragments(self.root / "defs")
 
-    def ordered(self, variant: Variant) -> tuple[Fragment, ...]:
+    def ordered(self, variant: Variant, role: str = "sms") -> tuple[Fragment, ...]:
         rel = variant.release
-        origin = f"{self.matrix.path}: release {rel.id} fragments"
-        return tuple(order(list(rel.fragments), self.fragments, origin))
+        origin = f"{self.matrix.path}: release {rel.id} {'compute ' if role == 'compute' else ''}fragments"
+        return tuple(order(list(rel.role_fragments(role)), self.fragments, origin))
 
-    def context(self, variant: Variant, commit: str | None = None) -> RenderContext:
+    def context(self, variant: Variant, commit: str | None = None, role: str = "sms") -> RenderContext:
         prov = Provenance(commit if commit is not None else git_commit(self.root), __version__)
-        return RenderContext(variant, self.ordered(variant), prov, self.root)
+        return RenderContext(variant, self.ordered(variant, role), prov, self.root, role)
 
 
 def load_project(root: Path | None = None) -> Project:

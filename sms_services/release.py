@@ -75,6 +75,10 @@ class Release:
     fragments: tuple[str, ...]
     el: Base | None
     debian: Base | None
+    compute: tuple[str, ...] = ()  # fragments of the lab's compute-node image
+
+    def role_fragments(self, role: str) -> tuple[str, ...]:
+        return self.compute if role == "compute" else self.fragments
 
     @property
     def ohpc_major(self) -> str:
@@ -156,8 +160,9 @@ def load_matrix(path: Path) -> Matrix:
         bases[name] = _base(name, bf.mapping(name))
 
     defaults = top.mapping("defaults")
-    defaults.unknown({"fragments"})
+    defaults.unknown({"fragments", "compute"})
     default_frags = defaults.list_of_str("fragments")
+    compute_frags = tuple(defaults.list_of_str("compute"))
 
     releases: dict[str, Release] = {}
     rf = top.mapping("releases", required=True)
@@ -204,7 +209,7 @@ def load_matrix(path: Path) -> Matrix:
             frags.remove(gone)
         if not frags:
             raise r.fail("fragments", "is empty; list the services of this release")
-        releases[str(rid)] = Release(str(rid), major, ww, tuple(frags), el, deb)
+        releases[str(rid)] = Release(str(rid), major, ww, tuple(frags), el, deb, compute_frags)
 
     default = top.str("default", required=True)
     if default not in releases:

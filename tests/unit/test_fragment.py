@@ -14,7 +14,7 @@ def test_every_fragment_loads(project) -> None:
 
 
 def test_order_puts_dependencies_first(project) -> None:
-    names = ["wwclient", "slurmctld", "munge", "base"]
+    names = ["wwclient", "slurmctld", "slurm-common", "munge", "base"]
     ordered = [f.name for f in order(names, project.fragments, "test")]
     assert ordered[0] == "base"
     assert ordered.index("munge") < ordered.index("slurmctld")
@@ -32,7 +32,7 @@ def test_dependency_cycle_is_named(scratch: Path) -> None:
     meta.write_text(meta.read_text() + "requires: [slurmctld]\n")
     frags = load_fragments(scratch / "defs")
     with pytest.raises(UserError, match=r"dependency cycle \(munge -> slurmctld -> munge\)"):
-        order(["base", "munge", "slurmctld"], frags, "test")
+        order(["base", "munge", "slurm-common", "slurmctld"], frags, "test")
 
 
 def test_dependency_not_in_release(project) -> None:

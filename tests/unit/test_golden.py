@@ -19,6 +19,15 @@ def test_release_renders_as_golden(variant) -> None:
     compare(ROOT / "tests/golden" / f"{variant.name}.def", text)
 
 
+DEBIAN = [v for v in VARIANTS if v.kind == "debian"]
+
+
+@pytest.mark.parametrize("variant", DEBIAN, ids=[v.name for v in DEBIAN])
+def test_compute_image_renders_as_golden(variant) -> None:
+    text = render(PROJECT.context(variant, GOLDEN_COMMIT, role="compute")).text()
+    compare(ROOT / "tests/golden" / f"compute-{variant.name}.def", text)
+
+
 def test_render_is_deterministic() -> None:
     variant = PROJECT.matrix.get("3.5").variant()
     a = render(Project(ROOT).context(variant, GOLDEN_COMMIT)).text()

@@ -1,0 +1,2 @@
+# Configless: slurmd fetches slurm.conf from slurmctld, so none is shipped.
+rm -f /etc/slurm/slurm.conf
