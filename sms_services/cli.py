@@ -178,6 +178,38 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    import signal
+
+    from .apptainer import Apptainer
+    from .report import print_table
+    from .verify import verify
+
+    project = _project(args)
+    release = args.release or project.matrix.default
+    # SIGTERM (CI cancelling a job) tears the lab down like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    def say_result(r) -> None:
+        mark = "[green]pass[/green]" if r.ok else "[red]FAIL[/red]"
+        err_console.print(f"{mark} {r.service:10} {r.probe:28} {r.phase:9} {r.detail}")
+
+    outcome = verify(project, Apptainer.find(), release, sif=Path(args.sif) if args.sif else None,
+                     site_path=Path(args.site) if args.site else None,
+                     json_path=Path(args.json) if args.json else None,
+                     junit_path=Path(args.junit) if args.junit else None,
+                     say=lambda s: err_console.print(f"[bold]verify {release}[/bold] {s}"),
+                     say_result=say_result)
+    print_table(outcome.results, f"verify OpenHPC {release}: {outcome.meta['sif']}", out_console)
+    t = outcome.meta["timings"]
+    out_console.print(", ".join(f"{k} {v}" for k, v in t.items()))
+    if not outcome.ok:
+        err_console.print(f"smsctl: verify {release} FAILED: {'; '.join(outcome.failed)}", markup=False)
+        return 1
+    out_console.print(f"verify {release}: all {len(outcome.results)} probes passed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smsctl", description="Build, verify, sign and publish SMS-services images.")
     p.add_argument("--version", action="version", version=f"smsctl {__version__}")
@@ -214,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object: sif, size, sha256, seconds")
     s.add_argument("--compute", action="store_true", help="build the lab's compute-node image instead")
     s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("verify", help="start the SIF in a lab cluster and prove every service answers")
+    release_args(s)
+    s.add_argument("release_pos", nargs="?", metavar="RELEASE")
+    s.add_argument("--sif", help="image to verify (default: build/<release>/..., built if missing)")
+    s.add_argument("--site", help="lab site file (default: overlays/lab/site.yaml)")
+    s.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    s.add_argument("--junit", metavar="FILE", help="write the results as JUnit XML")
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("manifest", help="print the package manifest embedded in a SIF")
     s.add_argument("sif")

@@ -111,7 +111,8 @@ def render_site(site: Site, fragments: tuple[Fragment, ...] | list[Fragment],
                 raise UserError(f"{path}: cannot render for {site.path} ({err})") from None
     lines = ["# Site values for the run scripts, rendered by smsctl from " + site.path.name]
     decl = declared(fragments)
+    # Only what these fragments declare, and never a secret: every process sees this file.
     lines += [f"SMS_{k.upper()}={shlex.quote(_env_value(v))}" for k, v in sorted(site.values.items())
-              if not decl[k][0].secret]
+              if k in decl and not decl[k][0].secret]
     files[SITE_ENV] = "\n".join(lines) + "\n"
     return files

@@ -1,0 +1,384 @@
+"""A small cluster in network namespaces of its own, for ``verify``.
+
+Topology (all addresses from the lab site, 198.18.0.0/15, nothing routed out):
+
+    netns <name>        bridges <name>-p (provisioning) and <name>-u (public), no IPs
+      SMS-services      instance, eth0 on -p, eth1 on -u, IP forwarding on
+      c1, c2, ...       compute-node instances on -p, default route via SMS-services
+    netns <name>-mgmt   the SMS-mgmt stand-in (Warewulf file sync) on -p
+    netns <name>-pub    the "internet" host on -u
+
+Apptainer reads its CNI networks from a private copy of apptainer.conf
+(``APPTAINER_CONFIG_FILE``), so nothing is written to /etc. Everything is torn
+down on exit, on error and on Ctrl-C; a lab left by a crashed run (same name)
+is removed before a new one starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Callable
+
+from .apptainer import Apptainer, last_line
+from .errors import UserError
+from .fragment import Fragment
+from .overlay import create_overlay
+from .site import Site, render_site
+
+APPTAINER_CONF = Path("/etc/apptainer/apptainer.conf")
+SUPERVISORCTL = ["supervisorctl", "-c", "/etc/sms-services/supervisord.conf"]
+
+
+def lab_name(release: str) -> str:
+    """Short (interface names are at most 15 characters) and unique per release."""
+    return "smslab" + re.sub(r"[^0-9a-z]", "", release.lower())
+
+
+def _run(cmd: list[str], *, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise UserError(f"lab: '{' '.join(cmd)}' failed: {(proc.stderr or proc.stdout).strip()[:300]}")
+    return proc
+
+
+def caps_of(fragments: tuple[Fragment, ...] | list[Fragment]) -> list[str]:
+    """Least privilege: exactly the capabilities the image's fragments declare."""
+    return sorted({c for f in fragments for c in f.capabilities})
+
+
+@dataclass
+class Node:
+    name: str
+    ip: str
+    instance: str
+    overlay: Path
+
+
+@dataclass
+class Lab:
+    release: str
+    sms_sif: Path
+    compute_sif: Path
+    site: Site
+    sms_fragments: tuple[Fragment, ...]
+    compute_fragments: tuple[Fragment, ...]
+    apptainer: Apptainer
+    wwclient_protocol: str
+    say: Callable[[str], None] = lambda s: None
+    name: str = ""
+    work: Path = field(default_factory=Path)
+    nodes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    _procs: list[subprocess.Popen] = field(default_factory=list)
+    _node_info: dict[str, Node] = field(default_factory=dict)
+    _instances: list[str] = field(default_factory=list)
+    _mgmt: subprocess.Popen | None = None
+    _mgmt_users: int = 0
+
+    # --- addresses, from the site file -------------------------------------------
+    @property
+    def sms_ip(self) -> str:
+        return str(self.site.values["provision_ip"])
+
+    @property
+    def sms_public_ip(self) -> str:
+        return str(self.site.values["public_ip"])
+
+    @property
+    def prefix(self) -> int:
+        return ipaddress.ip_network(str(self.site.values["provision_network"])).prefixlen
+
+    @property
+    def public_prefix(self) -> int:
+        return ipaddress.ip_network(str(self.site.values["public_network"])).prefixlen
+
+    @property
+    def public_host_ip(self) -> str:
+        return str(ipaddress.ip_network(str(self.site.values["public_network"])).network_address + 100)
+
+    @property
+    def mgmt_ip(self) -> str:
+        return str(self.site.values.get("wwclient_server") or
+                   ipaddress.ip_network(str(self.site.values["provision_network"])).network_address + 3)
+
+    @property
+    def mail_domain(self) -> str:
+        return str(self.site.values.get("mail_domain", "cluster.local"))
+
+    @property
+    def sms_instance(self) -> str:
+        return f"{self.name}-sms"
+
+    # --- lifecycle ------------------------------------------------------------------
+    def __enter__(self) -> Lab:
+        if os.geteuid() != 0:
+            raise UserError("verify needs root (network namespaces and instances with networks)")
+        self.name = self.name or lab_name(self.release)
+        teardown(self.name, self.apptainer, say=self.say)  # what a crashed run left
+        self.work = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        try:
+            t = time.monotonic()
+            self._network()
+            self._hosts()
+            self.timings["lab_up_s"] = round(time.monotonic() - t, 2)
+            self._start_sms()
+            self._start_nodes()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        # Ctrl-C during teardown must not leave half a lab behind.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            t = time.monotonic()
+            teardown(self.name, self.apptainer, procs=self._procs, say=self.say)
+            self.timings.setdefault("teardown_s", round(time.monotonic() - t, 2))
+            if self.work and self.work != Path() and self.work.exists():
+                shutil.rmtree(self.work, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+    # --- network ----------------------------------------------------------------------
+    def _network(self) -> None:
+        n = self.name
+        ns = ["ip", "-n", n]
+        _run(["ip", "netns", "add", n])
+        _run([*ns, "link", "set", "lo", "up"])
+        for bridge in (f"{n}-p", f"{n}-u"):
+            _run([*ns, "link", "add", bridge, "type", "bridge"])
+            _run([*ns, "link", "set", bridge, "up"])
+        cni = self.work / "cni"
+        cni.mkdir()
+
+        def bridge(net: str, br: str, extra: list[dict] | None = None, routes: list | None = None) -> None:
+            ipam: dict = {"type": "static"}
+            if routes:
+                ipam["routes"] = routes
+            plugins = [{"type": "bridge", "bridge": br, "isGateway": False, "ipMasq": False, "ipam": ipam}]
+            (cni / f"{net}.conflist").write_text(json.dumps(
+                {"cniVersion": "1.0.0", "name": net, "plugins": plugins + (extra or [])}, indent=1))
+
+        # SMS-services routes between the networks: forwarding on in its namespace only.
+        bridge(f"{n}-prov", f"{n}-p", [{"type": "tuning", "sysctl": {"net.ipv4.ip_forward": "1"}}])
+        bridge(f"{n}-pub", f"{n}-u")
+        bridge(f"{n}-node", f"{n}-p", routes=[{"dst": "0.0.0.0/0", "gw": self.sms_ip}])
+        conf = APPTAINER_CONF.read_text() if APPTAINER_CONF.exists() else ""
+        conf = re.sub(r"(?m)^\s*#?\s*cni configuration path\s*=.*$", "", conf)
+        (self.work / "apptainer.conf").write_text(conf + f"\ncni configuration path = {cni}\n")
+
+    def _host_ns(self, suffix: str, bridge: str, ip: str, prefix: int) -> str:
+        ns = f"{self.name}-{suffix}"
+        veth = f"{self.name}{suffix[0]}0"
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "-n", self.name, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        _run(["ip", "-n", self.name, "link", "set", veth, "master", bridge, "up"])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", ns, "addr", "add", f"{ip}/{prefix}", "dev", "eth0"])
+        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        return ns
+
+    def _spawn(self, ns: str, args: list[str], log: str) -> subprocess.Popen:
+        fh = open(self.work / log, "w")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, *args], stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self._procs.append(proc)
+        return proc
+
+    def _hosts(self) -> None:
+        pub = self._host_ns("pub", f"{self.name}-u", self.public_host_ip, self.public_prefix)
+        self._spawn(pub, ["-m", "sms_services.publichost", "--bind", self.public_host_ip, "--port", "8080"],
+                    "publichost.log")
+        self._host_ns("mgmt", f"{self.name}-p", self.mgmt_ip, self.prefix)
+        self._seed_mgmt()
+        self.start_mgmt()
+
+    # --- SMS-mgmt stand-in -------------------------------------------------------
+    def _image_file(self, path: str) -> str:
+        res = self.apptainer.exec(self.sms_sif, ["cat", path])
+        if res.returncode != 0:
+            raise UserError(f"{self.sms_sif}: cannot read {path} ({last_line(res.stderr)})")
+        return res.stdout
+
+    def _seed_mgmt(self) -> None:
+        """What SMS-mgmt's Warewulf serves: accounts (the image's plus cluster users),
+        slurm.conf and the munge key, as an OpenHPC SMS syncs them to its nodes."""
+        self.munge_key = secrets.token_bytes(1024)
+        self.passwd = self._image_file("/etc/passwd")
+        self.group = self._image_file("/etc/group")
+        self.shadow = self._image_file("/etc/shadow")
+        ids = {line.split(":")[0]: line.split(":")[2:4] for line in self.passwd.splitlines() if line}
+        self.munge_ids = tuple(int(x) for x in ids.get("munge", ["0", "0"]))
+        tree = self.work / "mgmt"
+        (tree / "etc/munge").mkdir(parents=True)
+        (tree / "etc/slurm").mkdir(parents=True)
+        self.site_files = render_site(self.site, self.sms_fragments, self.release)
+        self._write_mgmt_accounts(["alice:x:2001:2001:Alice:/home/alice:/bin/bash"])
+        (tree / "etc/slurm/slurm.conf").write_text(self.site_files.get("/etc/slurm/slurm.conf", ""))
+        key = tree / "etc/munge/munge.key"
+        key.write_bytes(self.munge_key)
+        os.chown(key, *self.munge_ids)
+        key.chmod(0o400)
+
+    def _write_mgmt_accounts(self, users: list[str]) -> None:
+        tree = self.work / "mgmt/etc"
+        names = [u.split(":")[0] for u in users]
+        (tree / "passwd").write_text(self.passwd + "".join(u + "\n" for u in users))
+        (tree / "group").write_text(self.group + "".join(f"{n}:x:{u.split(':')[3]}:\n"
+                                                         for n, u in zip(names, users, strict=True)))
+        (tree / "shadow").write_text(self.shadow + "".join(f"{n}:!:19000:0:99999:7:::\n" for n in names))
+        (tree / "shadow").chmod(0o640)
+        self._mgmt_accounts = users
+
+    def mgmt_update(self) -> str:
+        """Add a user on SMS-mgmt (as an admin would) and return its name."""
+        self._mgmt_users += 1
+        name = f"probe{self._mgmt_users}x{secrets.token_hex(2)}"
+        uid = 3000 + self._mgmt_users
+        self._write_mgmt_accounts([*self._mgmt_accounts, f"{name}:x:{uid}:{uid}:probe:/nonexistent:/bin/false"])
+        return name
+
+    def start_mgmt(self) -> None:
+        port = "80" if self.wwclient_protocol == "ww3" else "9873"
+        wwid = str(self.site.values.get("wwclient_wwid", ""))
+        self._mgmt = self._spawn(f"{self.name}-mgmt", [
+            "-m", "sms_services.wwserver", "--protocol", self.wwclient_protocol, "--dir",
+            str(self.work / "mgmt"), "--port", port, "--bind", self.mgmt_ip, "--secure",
+            *(["--wwid", wwid] if wwid else [])], "mgmt.log")
+
+    def stop_mgmt(self) -> None:
+        if self._mgmt and self._mgmt.poll() is None:
+            self._mgmt.terminate()
+            self._mgmt.wait(10)
+
+    # --- instances ------------------------------------------------------------------
+    def _start_instance(self, sif: Path, instance: str, hostname: str, overlay: Path, caps: list[str],
+                        nets: list[tuple[str, str, str | None]], extra: list[str]) -> None:
+        names = ",".join(n for n, _, _ in nets)
+        args = []
+        for net, ip, mac in nets:
+            args += ["--network-args", f"{net}:IP={ip}" + (f";MAC={mac}" if mac else "")]
+        # nsenter, not `ip netns exec`: the latter remounts /sys, hiding the cgroup
+        # hierarchy slurmd needs; only the network namespace is wanted here.
+        cmd = ["nsenter", f"--net=/run/netns/{self.name}", self.apptainer.binary, "instance", "start",
+               "--no-privs", *(["--add-caps", ",".join(caps)] if caps else []),
+               "--net", "--network", names, *args, "--hostname", hostname, "--overlay", str(overlay),
+               "--contain", "--scratch", "/run", *extra, str(sif), instance]
+        env = dict(os.environ, APPTAINER_CONFIG_FILE=str(self.work / "apptainer.conf"))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd="/")
+        if proc.returncode != 0:
+            raise UserError(f"lab: instance {instance} did not start: {last_line(proc.stderr)}")
+        self._instances.append(instance)
+
+    def _start_sms(self) -> None:
+        files = dict(self.site_files)
+        files["/etc/munge/munge.key"] = self.munge_key
+        overlay = self.work / "sms-overlay.img"
+        create_overlay(overlay, files, size_mib=int(os.environ.get("SMS_LAB_OVERLAY_MIB", "256")),
+                       owners={"/etc/munge/munge.key": self.munge_ids},
+                       modes={"/etc/munge/munge.key": 0o400, "/etc/slurm/slurmdbd.conf": 0o600})
+        mac = "02:00:" + ":".join(f"{int(x):02x}" for x in self.sms_ip.split("."))
+        t = time.monotonic()
+        self._start_instance(self.sms_sif, self.sms_instance, str(self.site.values["sms_hostname"]), overlay,
+                             caps_of(self.sms_fragments),
+                             [(f"{self.name}-prov", f"{self.sms_ip}/{self.prefix}", mac),
+                              (f"{self.name}-pub", f"{self.sms_public_ip}/{self.public_prefix}", None)], [])
+        self.timings["sms_instance_start_s"] = round(time.monotonic() - t, 2)
+        self.sms_started_at = time.monotonic()
+
+    def _start_nodes(self) -> None:
+        for node in self.site.values.get("nodes", []):
+            name, ip = str(node["name"]), str(node["address"])
+            overlay = self.work / f"{name}-overlay.img"
+            env = render_site(self.site, self.compute_fragments, self.release)["/etc/sms-services/site.env"]
+            create_overlay(overlay, {"/etc/munge/munge.key": self.munge_key, "/etc/sms-services/site.env": env},
+                           size_mib=64, owners={"/etc/munge/munge.key": self.munge_ids},
+                           modes={"/etc/munge/munge.key": 0o400})
+            instance = f"{self.name}-{name}"
+            self._start_instance(self.compute_sif, instance, name, overlay, caps_of(self.compute_fragments),
+                                 [(f"{self.name}-node", f"{ip}/{self.prefix}", None)],
+                                 ["--bind", "/sys/fs/cgroup"])
+            self._node_info[name] = Node(name, ip, instance, overlay)
+            self.nodes.append(name)
+
+    # --- running commands (the probes' view of the cluster) -----------------------
+    def _exec(self, instance: str, caps: list[str], command: list[str], stdin: str | None,
+              timeout: float) -> tuple[int, str, str]:
+        cmd = [self.apptainer.binary, "exec", "--no-privs", *(["--add-caps", ",".join(caps)] if caps else []),
+               "--pwd", "/", f"instance://{instance}", *command]
+        try:
+            p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, cwd="/")
+        except subprocess.TimeoutExpired:
+            return 124, "", f"timed out after {timeout:.0f} s: {' '.join(command)}"
+        return p.returncode, p.stdout, p.stderr
+
+    def on_sms(self, command: list[str], stdin: str | None = None, timeout: float = 30) -> tuple[int, str, str]:
+        return self._exec(self.sms_instance, caps_of(self.sms_fragments), command, stdin, timeout)
+
+    def on_node(self, node: str, command: list[str], stdin: str | None = None,
+                timeout: float = 30) -> tuple[int, str, str]:
+        return self._exec(self._node_info[node].instance, caps_of(self.compute_fragments), command, stdin,
+                          timeout)
+
+    def on_public(self, command: list[str], timeout: float = 30) -> tuple[int, str, str]:
+        p = subprocess.run(["ip", "netns", "exec", f"{self.name}-pub", *command], capture_output=True,
+                           text=True, timeout=timeout)
+        return p.returncode, p.stdout, p.stderr
+
+    def supervisor(self, *args: str) -> tuple[int, str, str]:
+        return self.on_sms([*SUPERVISORCTL, *args])
+
+    def stop_sms(self) -> float:
+        """Stop the SMS-services instance; seconds it took."""
+        t = time.monotonic()
+        _run([self.apptainer.binary, "instance", "stop", "-t", "10", self.sms_instance], check=False, timeout=60)
+        self._instances.remove(self.sms_instance)
+        return round(time.monotonic() - t, 2)
+
+
+def teardown(name: str, apptainer: Apptainer, *, procs: list[subprocess.Popen] | None = None,
+             say: Callable[[str], None] = lambda s: None) -> None:
+    """Remove every trace of lab ``name``: instances, helper processes, namespaces."""
+    res = apptainer.run(["instance", "list", "--json"], timeout=30)
+    try:
+        instances = [i["instance"] for i in json.loads(res.stdout or "{}").get("instances", [])]
+    except ValueError:
+        instances = []
+    mine = [i for i in instances if i == name or i.startswith(name + "-")]
+    for inst in mine:
+        apptainer.run(["instance", "stop", "-t", "10", inst], timeout=60)
+    for proc in procs or []:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    namespaces = _run(["ip", "netns", "list"], check=False).stdout.split("\n")
+    for ns in [line.split()[0] for line in namespaces if line.strip()]:
+        if ns == name or ns.startswith(name + "-"):
+            # Processes of a crashed run outlive `ip netns del`: end them first.
+            for pid in _run(["ip", "netns", "pids", ns], check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            _run(["ip", "netns", "del", ns], check=False)
+    if mine:
+        say(f"removed {len(mine)} instance(s) of lab {name}")
