@@ -203,6 +203,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print_table(outcome.results, f"verify OpenHPC {release}: {outcome.meta['sif']}", out_console)
     t = outcome.meta["timings"]
     out_console.print(", ".join(f"{k} {v}" for k, v in t.items()))
+    for service, log in outcome.meta.get("logs", {}).items():
+        err_console.print(f"--- last lines of {service}'s log ---\n{log.rstrip()}", markup=False)
     if not outcome.ok:
         err_console.print(f"smsctl: verify {release} FAILED: {'; '.join(outcome.failed)}", markup=False)
         return 1

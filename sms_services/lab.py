@@ -126,6 +126,8 @@ class Lab:
         if os.geteuid() != 0:
             raise UserError("verify needs root (network namespaces and instances with networks)")
         self.name = self.name or lab_name(self.release)
+        # Instances start from / (--contain dislikes other working directories).
+        self.sms_sif, self.compute_sif = self.sms_sif.resolve(), self.compute_sif.resolve()
         teardown(self.name, self.apptainer, say=self.say)  # what a crashed run left
         self.work = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         try:
@@ -179,6 +181,13 @@ class Lab:
         bridge(f"{n}-prov", f"{n}-p", [{"type": "tuning", "sysctl": {"net.ipv4.ip_forward": "1"}}])
         bridge(f"{n}-pub", f"{n}-u")
         bridge(f"{n}-node", f"{n}-p", routes=[{"dst": "0.0.0.0/0", "gw": self.sms_ip}])
+        # Name service of the lab: its own hosts file, and no nameserver, so a lookup
+        # fails at once instead of timing out against the host's unreachable DNS.
+        hosts = ["127.0.0.1 localhost", f"{self.sms_ip} {self.site.values['sms_hostname']}",
+                 f"{self.mgmt_ip} sms-mgmt"]
+        hosts += [f"{n['address']} {n['name']}" for n in self.site.values.get("nodes", [])]
+        (self.work / "hosts").write_text("\n".join(hosts) + "\n")
+        (self.work / "resolv.conf").write_text("# the lab has no DNS: /etc/hosts only\noptions timeout:1 attempts:1\n")
         conf = APPTAINER_CONF.read_text() if APPTAINER_CONF.exists() else ""
         conf = re.sub(r"(?m)^\s*#?\s*cni configuration path\s*=.*$", "", conf)
         (self.work / "apptainer.conf").write_text(conf + f"\ncni configuration path = {cni}\n")
@@ -276,10 +285,11 @@ class Lab:
             args += ["--network-args", f"{net}:IP={ip}" + (f";MAC={mac}" if mac else "")]
         # nsenter, not `ip netns exec`: the latter remounts /sys, hiding the cgroup
         # hierarchy slurmd needs; only the network namespace is wanted here.
-        cmd = ["nsenter", f"--net=/run/netns/{self.name}", self.apptainer.binary, "instance", "start",
+        cmd = [*(os.environ.get("SMS_LAB_ENTER") or f"nsenter --net=/run/netns/{self.name}").split(), self.apptainer.binary, "instance", "start",
                "--no-privs", *(["--add-caps", ",".join(caps)] if caps else []),
                "--net", "--network", names, *args, "--hostname", hostname, "--overlay", str(overlay),
-               "--contain", "--scratch", "/run", *extra, str(sif), instance]
+               "--contain", "--scratch", "/run", "--bind", f"{self.work}/hosts:/etc/hosts",
+               "--bind", f"{self.work}/resolv.conf:/etc/resolv.conf", *extra, str(sif), instance]
         env = dict(os.environ, APPTAINER_CONFIG_FILE=str(self.work / "apptainer.conf"))
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd="/")
         if proc.returncode != 0:
@@ -361,8 +371,11 @@ def teardown(name: str, apptainer: Apptainer, *, procs: list[subprocess.Popen] |
     except ValueError:
         instances = []
     mine = [i for i in instances if i == name or i.startswith(name + "-")]
-    for inst in mine:
-        apptainer.run(["instance", "stop", "-t", "10", inst], timeout=60)
+    # In parallel: each stop waits for its supervisor, and they do not depend on each other.
+    stops = [subprocess.Popen([apptainer.binary, "instance", "stop", "-t", "10", inst],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for inst in mine]
+    for proc in stops:
+        proc.wait(60)
     for proc in procs or []:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

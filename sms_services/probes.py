@@ -186,6 +186,19 @@ def slurm_sacct(c: Cluster, p: dict) -> str:
     raise ProbeFailed(f"sacct does not show job {job} COMPLETED (saw {acct!r})")
 
 
+def slurm_job_mail(c: Cluster, p: dict) -> str:
+    rcpt = f"slurm@{c.mail_domain}"
+    out = _ok(c.on_node(c.nodes[0], ["sbatch", "--parsable", "-t", "1", "--mail-type=END",
+                                     f"--mail-user={rcpt}", "--wrap", "true"]), "sbatch --mail-type=END")
+    job = out.strip().split(";")[0]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if c.on_sms(["grep", "-rqE", f"Job_id={job}[^0-9]", "/var/mail/"])[0] == 0:
+            return f"end-of-job mail for job {job} delivered to {rcpt}"
+        time.sleep(0.5)
+    raise ProbeFailed(f"no end-of-job mail for job {job} in /var/mail (slurmctld MailProg -> postfix)")
+
+
 def syslog_roundtrip(c: Cluster, p: dict) -> str:
     proto = str(p.get("proto", "udp"))
     node = c.nodes[0]
@@ -268,6 +281,7 @@ KINDS: dict[str, Callable[[Cluster, dict], str]] = {
     "slurm-srun": slurm_srun,
     "slurm-sbatch": slurm_sbatch,
     "slurm-sacct": slurm_sacct,
+    "slurm-job-mail": slurm_job_mail,
     "syslog-roundtrip": syslog_roundtrip,
     "ntp-query": ntp_query,
     "smtp-deliver": smtp_deliver,

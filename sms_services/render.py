@@ -92,6 +92,21 @@ def _script(frag: Fragment, name: str, ctx: RenderContext) -> list[str]:
             f"SMS_BASE={ctx.variant.base.name}", *lines, ")"]
 
 
+def dependency_depth(fragments: tuple[Fragment, ...]) -> dict[str, int]:
+    """How many levels of (supervised) requirements lie below each fragment.
+
+    The supervisor priority is this depth, not the position in the order:
+    supervisord starts and stops one priority level at a time, so programs that
+    do not depend on each other share a level and stop together (one tick, not one each).
+    """
+    by_name = {f.name: f for f in fragments}
+    depth: dict[str, int] = {}
+    for f in fragments:  # dependency order: requirements come first
+        below = [depth[d] + (by_name[d].mode != "none") for d in f.requires if d in depth]
+        depth[f.name] = max(below, default=0)
+    return depth
+
+
 def program_conf(frag: Fragment, priority: int) -> list[str]:
     """The supervisord program for one fragment: the order is the priority."""
     daemon = frag.mode == "daemon"
@@ -105,7 +120,7 @@ def program_conf(frag: Fragment, priority: int) -> list[str]:
         "startretries=100",
         "exitcodes=0",
         "stopsignal=TERM",
-        "stopwaitsecs=4",
+        "stopwaitsecs=3",
         "stopasgroup=true",
         "killasgroup=true",
         "redirect_stderr=true",
@@ -185,9 +200,10 @@ def _final_steps(ctx: RenderContext) -> list[str]:
     for frag in ctx.fragments:
         lines += _script(frag, "build.sh", ctx)
     lines += ["# --- supervisor programs, in dependency order", f"mkdir -p {ETC}/supervisor.d"]
+    depth = dependency_depth(ctx.fragments)
     for i, frag in enumerate(f for f in ctx.fragments if f.mode != "none"):
         conf = f"{ETC}/supervisor.d/{(i + 1) * 10:03d}-{frag.name}.conf"
-        lines += [f"cat > {conf} <<'SMS_EOF'", *program_conf(frag, (i + 1) * 10), "SMS_EOF"]
+        lines += [f"cat > {conf} <<'SMS_EOF'", *program_conf(frag, 10 * (depth[frag.name] + 1)), "SMS_EOF"]
     release_env = {
         "SMS_RELEASE": v.release.id,
         "SMS_VARIANT": v.kind,

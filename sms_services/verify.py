@@ -74,6 +74,15 @@ def mgmt_down_phase(lab: Lab, fragments, say_result) -> list[Result]:
     return results + [res]
 
 
+def failed_service_logs(lab: Lab, results: list[Result], lines: int = 25) -> dict[str, str]:
+    """The end of each failed service's log, so a red verify says why without a rerun."""
+    logs = {}
+    for service in sorted({r.service for r in results if not r.ok}):
+        rc, out, _ = lab.on_sms(["tail", "-n", str(lines), f"/var/log/sms-services/{service}.log"])
+        logs[service] = out if rc == 0 else "(no log)"
+    return logs
+
+
 def verify(project: Project, apptainer: Apptainer, release: str, *, sif: Path | None = None,
            site_path: Path | None = None, json_path: Path | None = None, junit_path: Path | None = None,
            say: Callable[[str], None] = lambda s: None,
@@ -98,9 +107,11 @@ def verify(project: Project, apptainer: Apptainer, release: str, *, sif: Path | 
         lab.timings["start_to_green_s"] = round(time.monotonic() - lab.sms_started_at, 2)
         if "wwclient" in rel.fragments and all(r.ok for r in results):
             results += mgmt_down_phase(lab, sms_frags, say_result)
+        logs = failed_service_logs(lab, results)
         lab.timings["sms_instance_stop_s"] = lab.stop_sms()
     meta = {"release": release, "variant": variant.kind, "sif": str(sms_sif), "compute_sif": str(compute_sif),
-            "timings": {**lab.timings, "verify_total_s": round(time.monotonic() - start, 2)}}
+            "timings": {**lab.timings, "verify_total_s": round(time.monotonic() - start, 2)},
+            "logs": logs}
     outcome = Outcome(results, meta)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,9 @@
 #!/bin/sh
 set -eu
 [ -s /etc/postfix/main.cf ] || { echo "postfix: no /etc/postfix/main.cf; render the site config" >&2; exit 1; }
-# Services in chroots need resolver files; postfix copies them in itself.
-postfix set-permissions >/dev/null 2>&1 || true
+postfix check
 newaliases
-exec postfix start-fg
+# The master daemon itself in the foreground (-d), not `postfix start-fg`: that
+# leaves master outside the supervisor's process group, so a stop would hang
+# until the instance is killed.
+exec "$(postconf -h daemon_directory)/master" -d
