@@ -24,6 +24,7 @@ from .errors import UserError
 from .project import Project
 from .release import Variant
 from .render import render
+from .signing import build_key, sign
 
 MIN_FREE_GIB = float(os.environ.get("SMS_MIN_FREE_GIB", "3"))
 
@@ -45,6 +46,7 @@ class BuildResult:
     layers: dict[str, str] = field(default_factory=dict)  # layer -> "cached" | "built"
     labels: dict[str, str] = field(default_factory=dict)
     final_key: str = ""  # hash of the final layer's inputs: same key, same image
+    signer: str = ""  # the build key at first; the release key once `smsctl sign` has signed it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -163,6 +165,10 @@ class Builder:
         reused = self._reuse(target, final_key)
         if reused is not None:
             self.say(f"final image: unchanged inputs, kept {target.name}")
+            if not reused.signer:  # an image from before builds were signed
+                reused.signer = str(sign(self.apptainer, target, build_key()))
+                self.record_signature(target, reused.signer)
+                reused.sha256, reused.size = sha256_file(target), target.stat().st_size
             reused.seconds = round(time.monotonic() - start, 1)
             reused.layers = {**result.layers, "final": "cached"}
             return reused
@@ -174,7 +180,9 @@ class Builder:
 
         try:
             self.verify_no_secrets(target, ctx.fragments)
-        except UserError:
+            # "Built here, unchanged since": what lets verify start the candidate (signing.py).
+            result.signer = str(sign(self.apptainer, target, build_key()))
+        except BaseException:
             target.unlink(missing_ok=True)
             raise
         result.size = target.stat().st_size
@@ -194,10 +202,26 @@ class Builder:
         try:
             data = json.loads(record.read_text())
             if data.get("final_key") != final_key or sha256_file(target) != data.get("sha256"):
+                # (`smsctl sign` updates the record, so a release-signed image is kept too.)
                 return None
             return BuildResult(**data)
         except (ValueError, TypeError):
             return None
+
+    @staticmethod
+    def record_signature(sif: Path, signer: str) -> None:
+        """After a re-signing: the build record follows, so the signed image counts as built."""
+        record = sif.with_suffix(".json")
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            return
+        if Path(data.get("sif", "")).resolve() != sif.resolve():
+            return
+        data.update(sha256=sha256_file(sif), size=sif.stat().st_size, signer=signer)
+        tmp = record.with_name(f".{record.name}.partial")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, record)
 
     def verify_no_secrets(self, sif: Path, fragments) -> None:
         """Belt and braces after the in-definition guard: look inside the finished image."""

@@ -17,7 +17,9 @@ from rich.table import Table
 
 from . import __version__
 from .errors import UserError
+from .keys import KEY_TYPES
 from .project import Project, load_project
+from .signing import Trust
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 # Pipes and CI logs get a wide console: a table cut to 80 columns hides the facts.
@@ -194,7 +196,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         mark = "[green]pass[/green]" if r.ok else "[red]FAIL[/red]"
         err_console.print(f"{mark} {r.service:10} {r.probe:28} {r.phase:9} {r.detail}")
 
-    outcome = verify(project, Apptainer.find(), release, sif=Path(args.sif) if args.sif else None,
+    from .signing import Trust
+
+    trust = Trust.candidate(args.key, allow_unsigned=args.allow_unsigned)
+    outcome = verify(project, Apptainer.find(), release, sif=Path(args.sif) if args.sif else None, trust=trust,
                      site_path=Path(args.site) if args.site else None,
                      json_path=Path(args.json) if args.json else None,
                      junit_path=Path(args.junit) if args.junit else None,
@@ -209,6 +214,104 @@ def cmd_verify(args: argparse.Namespace) -> int:
         err_console.print(f"smsctl: verify {release} FAILED: {'; '.join(outcome.failed)}", markup=False)
         return 1
     out_console.print(f"verify {release}: all {len(outcome.results)} probes passed")
+    return 0
+
+
+def trust_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--key", action="append", metavar="PREFIX",
+                   help="trust PREFIX.pub (repeatable; default: the .pub files in ~/.config/sms-services/trusted)")
+    s.add_argument("--certificate", help="the signer's X.509 certificate (checked against --certificate-roots)")
+    s.add_argument("--certificate-roots", metavar="PEM", help="trusted root certificates (the site CA)")
+    s.add_argument("--certificate-intermediates", metavar="PEM")
+
+
+def _trust(args: argparse.Namespace) -> Trust:
+    return Trust.release(args.key, certificate=args.certificate, roots=args.certificate_roots,
+                         intermediates=args.certificate_intermediates)
+
+
+def _sif_of(args: argparse.Namespace, target: str) -> Path:
+    """A SIF path, or a release id meaning the SIF `smsctl build` wrote for it."""
+    path = Path(target)
+    if path.suffix == ".sif" or path.exists():
+        if not path.is_file():
+            raise UserError(f"{path}: no such SIF")
+        return path
+    from .build import sif_path
+
+    project = _project(args)
+    sif = sif_path(project, project.matrix.get(target).variant())
+    if not sif.is_file():
+        raise UserError(f"{sif}: release {target} is not built yet (smsctl build {target})")
+    return sif
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from .keys import create_keypair
+
+    pair = create_keypair(Path(args.out), kind=args.type, ca=Path(args.ca) if args.ca else None, name=args.name)
+    info = {"private": str(pair.private), "public": str(pair.public),
+            "certificate": str(pair.certificate) if pair.certificate else None,
+            "type": pair.kind, "fingerprint": pair.fingerprint}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        out_console.print(f"{pair.kind} key {pair.fingerprint}\n  private {pair.private} (0600: keep it secret)"
+                          f"\n  public  {pair.public} (give this to hosts that trust the key)"
+                          + (f"\n  certificate {pair.certificate}" if pair.certificate else ""), markup=False)
+    return 0
+
+
+def cmd_keys_create_ca(args: argparse.Namespace) -> int:
+    from .keys import create_ca
+
+    out = Path(args.out)
+    if out.with_name(out.name + ".key").exists():
+        raise UserError(f"{out}.key: exists already; refusing to overwrite a CA key")
+    crt = create_ca(out, kind=args.type, name=args.name)
+    out_console.print(f"site CA {crt} (hosts trust it with --certificate-roots {crt})", markup=False)
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from .apptainer import Apptainer
+    from .build import Builder, sha256_file
+    from .signing import sign
+
+    sif = _sif_of(args, args.target)
+    if args.require_verified:
+        _require_verified(Path(args.require_verified), sif, sha256_file(sif))
+    signer = sign(Apptainer.find(), sif, args.key)
+    Builder.record_signature(sif, str(signer))
+    out_console.print(f"signed {sif} as {signer}", markup=False)
+    return 0
+
+
+def _require_verified(report: Path, sif: Path, sha256: str) -> None:
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{report}: not a readable verify report ({err})") from None
+    if data.get("sif_sha256") != sha256:
+        raise UserError(f"{report}: reports on another image than {sif} (sha256 differs); verify this one first")
+    if data.get("ok") is not True:
+        failed = ", ".join(data.get("failed_services", [])) or "unknown"
+        raise UserError(f"{report}: verify FAILED ({failed}); refusing to sign {sif}")
+
+
+def cmd_verify_signature(args: argparse.Namespace) -> int:
+    from .apptainer import Apptainer
+    from .signing import check
+
+    sif = _sif_of(args, args.target)
+    signer = check(Apptainer.find(), sif, _trust(args))
+    assert signer is not None
+    if args.json:
+        print(json.dumps({"sif": str(sif), "signer": signer.name, "fingerprint": signer.fingerprint,
+                          "type": signer.kind, "ok": True}, indent=2))
+    else:
+        out_console.print(f"{sif}: signature OK, signed by {signer.name} ({signer.kind}, {signer.fingerprint})",
+                          markup=False)
     return 0
 
 
@@ -256,7 +359,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--site", help="lab site file (default: overlays/lab/site.yaml)")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")
     s.add_argument("--junit", metavar="FILE", help="write the results as JUnit XML")
+    trust_args(s)
+    s.add_argument("--allow-unsigned", action="store_true",
+                   help="start an unsigned image (local development only; says so loudly)")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("keys", help="signing keys")
+    keys = s.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = keys.add_parser("create", help="make a signing key pair PREFIX.key (0600) and PREFIX.pub")
+    k.add_argument("--out", required=True, metavar="PREFIX")
+    k.add_argument("--type", choices=KEY_TYPES, default="ec", help="ec (P-256, default), ed25519 or rsa (3072)")
+    k.add_argument("--ca", metavar="CA_PREFIX", help="also issue PREFIX.crt from this site CA")
+    k.add_argument("--name", help="the certificate's common name (default: PREFIX's name)")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_keys_create)
+    k = keys.add_parser("create-ca", help="make a site CA (CA_PREFIX.key, CA_PREFIX.crt) to issue signing certificates")
+    k.add_argument("--out", required=True, metavar="CA_PREFIX")
+    k.add_argument("--type", choices=KEY_TYPES, default="ec")
+    k.add_argument("--name", default="sms-services site CA")
+    k.set_defaults(func=cmd_keys_create_ca)
+
+    s = sub.add_parser("sign", help="sign a SIF (replacing the build key's signature)")
+    s.add_argument("--key", required=True, metavar="PREFIX", help="PREFIX.key signs")
+    s.add_argument("--require-verified", metavar="REPORT",
+                   help="sign only if this verify JSON report passed for exactly this SIF")
+    s.add_argument("target", metavar="SIF|RELEASE")
+    s.set_defaults(func=cmd_sign)
+
+    s = sub.add_parser("verify-signature", help="check a SIF's signature and say who signed it")
+    trust_args(s)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("target", metavar="SIF|RELEASE")
+    s.set_defaults(func=cmd_verify_signature)
 
     s = sub.add_parser("manifest", help="print the package manifest embedded in a SIF")
     s.add_argument("sif")

@@ -78,6 +78,7 @@ class Lab:
     wwclient_protocol: str
     say: Callable[[str], None] = lambda s: None
     name: str = ""
+    signer: str = ""  # who vouches for the SMS-services image (signing.check)
     work: Path = field(default_factory=Path)
     nodes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -354,6 +355,9 @@ class Lab:
     def supervisor(self, *args: str) -> tuple[int, str, str]:
         return self.on_sms([*SUPERVISORCTL, *args])
 
+    def running_instances(self) -> list[str]:
+        return _mine(self.name, _instances(self.apptainer))
+
     def stop_sms(self) -> float:
         """Stop the SMS-services instance; seconds it took."""
         t = time.monotonic()
@@ -362,15 +366,40 @@ class Lab:
         return round(time.monotonic() - t, 2)
 
 
+def _instances(apptainer: Apptainer) -> list[str]:
+    res = apptainer.run(["instance", "list", "--json"], timeout=30)
+    try:
+        return [i["instance"] for i in json.loads(res.stdout or "{}").get("instances", [])]
+    except ValueError:
+        return []
+
+
+def _mine(name: str, items: list[str]) -> list[str]:
+    return [i for i in items if i == name or i.startswith(name + "-")]
+
+
+def leftovers(name: str, apptainer: Apptainer) -> list[str]:
+    """Whatever lab ``name`` still holds: instances, namespaces, work folders, loop devices."""
+    found = [f"instance {i}" for i in _mine(name, _instances(apptainer))]
+    namespaces = [line.split()[0] for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines()
+                  if line.strip()]
+    found += [f"network namespace {ns}" for ns in _mine(name, namespaces)]
+    tmp = Path(tempfile.gettempdir())
+    found += [f"work folder {d}" for d in tmp.glob(f"{name}-*")]
+    loops = _run(["losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE"], check=False).stdout
+    found += [f"loop device {line.split()[0]}" for line in loops.splitlines()
+              if f"{tmp}/{name}-" in line]
+    return found
+
+
+def lab_is_gone(name: str, apptainer: Apptainer) -> bool:
+    return not leftovers(name, apptainer)
+
+
 def teardown(name: str, apptainer: Apptainer, *, procs: list[subprocess.Popen] | None = None,
              say: Callable[[str], None] = lambda s: None) -> None:
     """Remove every trace of lab ``name``: instances, helper processes, namespaces."""
-    res = apptainer.run(["instance", "list", "--json"], timeout=30)
-    try:
-        instances = [i["instance"] for i in json.loads(res.stdout or "{}").get("instances", [])]
-    except ValueError:
-        instances = []
-    mine = [i for i in instances if i == name or i.startswith(name + "-")]
+    mine = _mine(name, _instances(apptainer))
     # In parallel: each stop waits for its supervisor, and they do not depend on each other.
     stops = [subprocess.Popen([apptainer.binary, "instance", "stop", "-t", "10", inst],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for inst in mine]
@@ -393,5 +422,9 @@ def teardown(name: str, apptainer: Apptainer, *, procs: list[subprocess.Popen] |
                 except (ProcessLookupError, ValueError):
                     pass
             _run(["ip", "netns", "del", ns], check=False)
+    # Work folders (overlays, CNI configs) of this run and of crashed ones; the
+    # instances are gone, so no loop device holds their overlays any more.
+    for work in Path(tempfile.gettempdir()).glob(f"{name}-*"):
+        shutil.rmtree(work, ignore_errors=True)
     if mine:
         say(f"removed {len(mine)} instance(s) of lab {name}")

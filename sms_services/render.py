@@ -172,7 +172,9 @@ def _package_steps(ctx: RenderContext) -> list[str]:
     if v.family == "debian":
         lines += [
             "export DEBIAN_FRONTEND=noninteractive",
-            "apt-get update",
+            # sid's Release file is valid for a week only; a site mirror or snapshot that
+            # lags behind must still install (signatures are still checked).
+            "apt-get -o Acquire::Check-Valid-Until=false update",
             "apt-get install -y --no-install-recommends \\",
             *[f"    {p} \\" for p in wanted[:-1]],
             f"    {wanted[-1]}",

@@ -9,17 +9,20 @@ synced files intact (SMS-services must not depend on SMS-mgmt being up).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
 
 from .apptainer import Apptainer
-from .build import Builder, sif_path
+from .build import Builder, sha256_file, sif_path
 from .errors import UserError
 from .lab import Lab
 from .probes import Result, run_all, to_json
 from .project import Project
 from .report import junit
+from .signing import Trust, check
 from .site import load_site
 
 SYNCED = ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/slurm/slurm.conf", "/etc/munge/munge.key"]
@@ -38,6 +41,10 @@ class Outcome:
     def failed(self) -> list[str]:
         return [f"{r.service} ({r.probe}, {r.phase})" for r in self.results if not r.ok]
 
+    @property
+    def failed_services(self) -> list[str]:
+        return sorted({r.service for r in self.results if not r.ok})
+
 
 def prepare_images(project: Project, apptainer: Apptainer, release: str, sif: Path | None,
                    say: Callable[[str], None]) -> tuple[Path, Path]:
@@ -52,6 +59,42 @@ def prepare_images(project: Project, apptainer: Apptainer, release: str, sif: Pa
         raise UserError(f"{sif}: no such SIF")
     compute = Path(builder.build(variant, role="compute").sif)
     return sif, compute
+
+
+def probe_services(lab: Lab, *, only: set[str] | None = None, skip: set[str] = frozenset(),
+                   ready_timeout: float = 90, probe_timeout: float = 20, phase: str = "up",
+                   say_result: Callable[[Result], None] = lambda r: None) -> Outcome:
+    """Run the probes of the lab's SMS-services fragments (``only``: of these services)."""
+    frags = [f for f in lab.sms_fragments if only is None or f.name in only]
+    if only and not frags:
+        raise UserError(f"no fragment named {', '.join(sorted(only))} in release {lab.release}")
+    results = run_all(lab, frags, ready_timeout=ready_timeout, probe_timeout=probe_timeout, skip=skip,
+                      phase=phase, say=say_result)
+    return Outcome(results, {"release": lab.release, "sif": str(lab.sms_sif)})
+
+
+@contextmanager
+def open_lab(project: Project, apptainer: Apptainer, release: str, *, sif: Path | None = None,
+             site_path: Path | None = None, name: str = "", trust: Trust | None = None,
+             say: Callable[[str], None] = lambda s: None) -> Iterator[Lab]:
+    """A running lab cluster for ``release``, torn down when the block ends (however it ends).
+
+    Nothing starts that its trust refuses: unsigned, untrusted or tampered images
+    end here in one line (see signing.py).
+    """
+    rel = project.matrix.get(release)
+    variant = rel.variant("debian")
+    sms_sif, compute_sif = prepare_images(project, apptainer, release, sif, say)
+    trust = trust or Trust.candidate()
+    signer = check(apptainer, sms_sif, trust, warn=say)
+    check(apptainer, compute_sif, Trust.candidate(), warn=say)
+    sms_frags = project.ordered(variant)
+    site = load_site(site_path or project.root / "overlays/lab/site.yaml", sms_frags,
+                     list(project.fragments.values()))
+    lab = Lab(release, sms_sif, compute_sif, site, sms_frags, project.ordered(variant, "compute"), apptainer,
+              rel.wwclient_protocol, say=say, name=name, signer=str(signer) if signer else "UNSIGNED")
+    with lab:
+        yield lab
 
 
 def mgmt_down_phase(lab: Lab, fragments, say_result) -> list[Result]:
@@ -87,29 +130,22 @@ def verify(project: Project, apptainer: Apptainer, release: str, *, sif: Path | 
            site_path: Path | None = None, json_path: Path | None = None, junit_path: Path | None = None,
            say: Callable[[str], None] = lambda s: None,
            say_result: Callable[[Result], None] = lambda r: None,
-           hook: Callable[[Lab], None] | None = None) -> Outcome:
+           hook: Callable[[Lab], None] | None = None, trust: Trust | None = None) -> Outcome:
     start = time.monotonic()
     rel = project.matrix.get(release)
-    variant = rel.variant("debian")
-    sms_sif, compute_sif = prepare_images(project, apptainer, release, sif, say)
-    sms_frags = project.ordered(variant)
-    compute_frags = project.ordered(variant, "compute")
-    every = list(project.fragments.values())
-    site = load_site(site_path or project.root / "overlays/lab/site.yaml", sms_frags, every)
     results: list[Result] = []
-    lab = Lab(release, sms_sif, compute_sif, site, sms_frags, compute_frags, apptainer,
-              rel.wwclient_protocol, say=say)
-    with lab:
+    with open_lab(project, apptainer, release, sif=sif, site_path=site_path, trust=trust, say=say) as lab:
         say(f"lab {lab.name} up in {lab.timings['lab_up_s']} s; probing from {', '.join(lab.nodes)}")
         if hook is not None:
             hook(lab)  # tests break a service here
-        results = run_all(lab, sms_frags, say=say_result)
+        results = probe_services(lab, say_result=say_result).results
         lab.timings["start_to_green_s"] = round(time.monotonic() - lab.sms_started_at, 2)
         if "wwclient" in rel.fragments and all(r.ok for r in results):
-            results += mgmt_down_phase(lab, sms_frags, say_result)
+            results += mgmt_down_phase(lab, lab.sms_fragments, say_result)
         logs = failed_service_logs(lab, results)
         lab.timings["sms_instance_stop_s"] = lab.stop_sms()
-    meta = {"release": release, "variant": variant.kind, "sif": str(sms_sif), "compute_sif": str(compute_sif),
+    meta = {"release": release, "variant": "debian", "sif": str(lab.sms_sif), "compute_sif": str(lab.compute_sif),
+            "sif_sha256": sha256_file(lab.sms_sif), "signer": lab.signer,
             "timings": {**lab.timings, "verify_total_s": round(time.monotonic() - start, 2)},
             "logs": logs}
     outcome = Outcome(results, meta)

@@ -1,6 +1,7 @@
 #!/bin/sh
 set -eu
-install -d -o mysql -g mysql -m 0755 /run/mysqld /var/log/mysql
+# Debian up to 12 puts the socket in /run/mysqld, MariaDB 11.8 packages in /run/mariadbd.
+install -d -o mysql -g mysql -m 0755 /run/mysqld /run/mariadbd /var/log/mysql
 install -d -o mysql -g mysql -m 0750 /var/lib/mysql
 if [ ! -d /var/lib/mysql/mysql ]; then
     echo "mariadb: first start, creating the database in the overlay"

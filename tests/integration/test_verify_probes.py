@@ -1,0 +1,134 @@
+"""Every probe can fail: break one service in a running lab, the probes name it.
+
+One lab per release stays up for the whole module (starting one costs seconds,
+not minutes): each test breaks one service the way an admin would meet it
+(daemon stopped, NAT rule gone, postfix opened up), asserts that the probes
+fail naming that service and only that one, then repairs it and asserts they
+pass again, so the next test starts from a green lab.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from sms_services.lab import SUPERVISORCTL, Lab, lab_is_gone
+from sms_services.project import Project
+from sms_services.verify import Outcome, open_lab, probe_services
+
+pytestmark = pytest.mark.integration
+
+CTL = SUPERVISORCTL
+
+
+def _stop(service: str) -> list[list[str]]:
+    return [[*CTL, "stop", service]]
+
+
+def _start(service: str) -> list[list[str]]:
+    return [[*CTL, "start", service]]
+
+
+# service -> (how to break it, how to repair it, which probe must fail); commands run
+# on SMS-services. Release 3.5 is the default (trixie); 4.1 (sid) adds the accounting DB.
+BREAKS: dict[str, tuple[str, list[list[str]], list[list[str]], str]] = {
+    "munge": ("3.5", _stop("munge"), _start("munge"), "munge-roundtrip"),
+    "slurmctld": ("3.5", _stop("slurmctld"), _start("slurmctld"), "slurm-ping"),
+    "rsyslog": ("3.5", _stop("rsyslog"), _start("rsyslog"), "syslog-roundtrip[proto=udp]"),
+    "chrony": ("3.5", _stop("chrony"), _start("chrony"), "ntp-query"),
+    "postfix": ("3.5", _stop("postfix"), _start("postfix"), "smtp-deliver"),
+    "cron": ("3.5", _stop("cron"), _start("cron"), "cron-heartbeat"),
+    "wwclient": ("3.5", _stop("wwclient"), _start("wwclient"), "wwclient-sync"),
+    # The masquerade rule flushed (e.g. by a careless firewall reload).
+    "nat": ("3.5", [["iptables", "-t", "nat", "-F", "POSTROUTING"]], [[*CTL, "start", "nat"]], "nat-route"),
+    "mariadb": ("4.1", _stop("mariadb"), _start("mariadb"), "process[name=mariadbd]"),
+    "slurmdbd": ("4.1", _stop("slurmdbd"), _start("slurmdbd"), "slurm-sacct"),
+}
+
+# postfix opened up: listening on every interface and relaying for anyone.
+OPEN_RELAY = ["sh", "-c", "postconf -e 'inet_interfaces = all' 'mynetworks = 0.0.0.0/0' "
+              "'smtpd_relay_restrictions = permit_mynetworks' 'smtpd_recipient_restrictions = permit_mynetworks'"]
+
+
+@pytest.fixture(scope="module")
+def lab(request, apptainer, project: Project) -> Iterator[Lab]:
+    """A green lab of the release (the test's parameter), named apart from `smsctl verify`'s own."""
+    with open_lab(project, apptainer, request.param, name=f"smstest{request.param.replace('.', '')}") as lab:
+        outcome = probe_services(lab, ready_timeout=90)
+        assert outcome.ok, f"lab {request.param} is not green before any test: {outcome.failed}"
+        yield lab
+    assert lab_is_gone(lab.name, apptainer), f"lab {lab.name} left something behind"
+
+
+def _run(lab: Lab, commands: list[list[str]]) -> None:
+    for cmd in commands:
+        rc, out, err = lab.on_sms(cmd)
+        assert rc == 0, f"{cmd}: {err or out}"
+
+
+def _fails_naming(outcome: Outcome, service: str, probe: str) -> None:
+    assert not outcome.ok
+    assert outcome.failed_services == [service], outcome.failed
+    failed = [r for r in outcome.results if not r.ok]
+    assert probe in [r.probe for r in failed], [r.probe for r in failed]
+    assert all(r.detail for r in failed)
+
+
+@pytest.mark.parametrize("lab,service", [(v[0], k) for k, v in sorted(BREAKS.items())], indirect=["lab"])
+def test_a_broken_service_fails_its_probe(lab: Lab, service: str) -> None:
+    _, breaks, repair, probe = BREAKS[service]
+    _run(lab, breaks)
+    try:
+        broken = probe_services(lab, only={service}, ready_timeout=4, probe_timeout=4)
+        _fails_naming(broken, service, probe)
+    finally:
+        _run(lab, repair)
+    healed = probe_services(lab, only={service}, ready_timeout=60)
+    assert healed.ok, f"{service} did not come back after repair: {healed.failed}"
+
+
+@pytest.mark.parametrize("lab", ["3.5"], indirect=True)
+def test_an_open_relay_fails_the_relay_probe(lab: Lab) -> None:
+    saved = lab.on_sms(["cp", "/etc/postfix/main.cf", "/etc/postfix/main.cf.test-saved"])
+    assert saved[0] == 0
+    _run(lab, [OPEN_RELAY, [*CTL, "restart", "postfix"]])
+    try:
+        broken = probe_services(lab, only={"postfix"}, ready_timeout=8, probe_timeout=8)
+        _fails_naming(broken, "postfix", "smtp-no-relay")
+        relay = next(r for r in broken.results if r.probe == "smtp-no-relay")
+        assert "RCPT answered 250" in relay.detail
+    finally:
+        _run(lab, [["mv", "/etc/postfix/main.cf.test-saved", "/etc/postfix/main.cf"],
+                   [*CTL, "restart", "postfix"]])
+    assert probe_services(lab, only={"postfix"}, ready_timeout=30).ok
+
+
+def _pid(lab: Lab, program: str) -> int:
+    out = lab.on_sms([*CTL, "status", program])[1]
+    m = re.search(r"RUNNING\s+pid (\d+)", out)
+    return int(m.group(1)) if m else 0
+
+
+@pytest.mark.parametrize("lab,program", [("3.5", "slurmctld"), ("3.5", "munge"), ("4.1", "slurmdbd")],
+                         indirect=["lab"])
+def test_supervisor_restarts_a_killed_daemon(lab: Lab, program: str) -> None:
+    before = _pid(lab, program)
+    assert before, f"{program} not running"
+    assert lab.on_sms(["kill", "-KILL", str(before)])[0] == 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _pid(lab, program) in (0, before):
+        time.sleep(0.3)
+    after = _pid(lab, program)
+    assert after not in (0, before), f"supervisord did not restart {program} after SIGKILL"
+    assert probe_services(lab, only={program}, ready_timeout=30).ok
+
+
+@pytest.mark.parametrize("lab", ["3.5", "4.1"], indirect=True)
+def test_the_instance_stops_within_five_seconds(lab: Lab) -> None:
+    """A stop is part of every cutover's service gap; supervisord must not wait out its ticks."""
+    seconds = lab.stop_sms()
+    assert seconds < 5, f"instance stop took {seconds} s"
+    assert lab.sms_instance not in lab.running_instances()
