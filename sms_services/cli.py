@@ -315,6 +315,82 @@ def cmd_verify_signature(args: argparse.Namespace) -> int:
     return 0
 
 
+def _library(spec: str | None):
+    from .apptainer import Apptainer
+    from .library import DirectoryLibrary, OrasLibrary, default_library
+
+    spec = spec or default_library()
+    if spec.startswith("oras://"):
+        return OrasLibrary(spec, Apptainer.find())
+    return DirectoryLibrary(Path(spec), Apptainer.find())
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .library import DirectoryLibrary
+
+    project = _project(args)
+    release = args.release or project.matrix.default
+    project.matrix.get(release)
+    sif = _sif_of(args, args.sif or release)
+    lib = _library(args.library)
+    trust = _trust(args)
+    tags = args.tag or []
+    if isinstance(lib, DirectoryLibrary):
+        entry = lib.publish(sif, release, trust, tags=tags,
+                            verify_report=Path(args.verify_report) if args.verify_report else None,
+                            labels=lib.apptainer.labels(sif))
+        out_console.print(f"published {release}:{entry.version} -> {lib.root / entry.path} (signer {entry.signer}, "
+                          f"verify {entry.verify}){' tags ' + ' '.join(tags) if tags else ''}", markup=False)
+    else:
+        refs = lib.publish(sif, release, trust, tags=tags)
+        out_console.print("pushed " + " ".join(refs), markup=False)
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .library import DirectoryLibrary
+
+    lib = _library(args.library)
+    trust = _trust(args)
+    if isinstance(lib, DirectoryLibrary):
+        path, signer = lib.pull(args.ref, trust)
+    else:
+        path, signer = lib.pull(args.ref, trust, Path(args.dest or "."))
+    err_console.print(f"{args.ref}: signature and checksum OK, signed by {signer}", markup=False)
+    print(path)
+    return 0
+
+
+def cmd_library(args: argparse.Namespace) -> int:
+    from .library import DirectoryLibrary
+
+    lib = _library(args.library)
+    if not isinstance(lib, DirectoryLibrary):
+        raise UserError("library list/tag/rollback work on directory libraries; for a registry use its own tools")
+    if args.library_command == "tag":
+        before = lib.tag(args.ref, args.tag)
+        out_console.print(f"{args.ref.split(':')[0]}:{args.tag} -> {args.ref}"
+                          + (f" (was {before})" if before else ""), markup=False)
+        return 0
+    if args.library_command == "rollback":
+        version = lib.rollback(args.release, args.tag)
+        out_console.print(f"{args.release}:{args.tag} rolled back to {args.release}:{version}", markup=False)
+        return 0
+    entries = lib.entries()
+    if args.json:
+        from dataclasses import asdict
+        print(json.dumps([asdict(e) for e in entries], indent=2))
+        return 0
+    table = Table(title=f"library {lib.root}")
+    for col in ("release", "version", "tags", "slurm", "signer", "verify", "size", "sha256", "published"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e.release, e.version, " ".join(e.tags), e.slurm, e.signer, e.verify.split(" (")[0],
+                      f"{e.size / 2**20:.1f} MiB", e.sha256[:12], e.published)
+    out_console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smsctl", description="Build, verify, sign and publish SMS-services images.")
     p.add_argument("--version", action="version", version=f"smsctl {__version__}")
@@ -391,6 +467,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("target", metavar="SIF|RELEASE")
     s.set_defaults(func=cmd_verify_signature)
+
+    def library_arg(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--library", metavar="DIR|oras://HOST/REPO",
+                       help="default: $SMS_LIBRARY or /var/lib/sms-services/library")
+
+    s = sub.add_parser("publish", help="put a release's signed SIF into the library")
+    library_arg(s)
+    trust_args(s)
+    s.add_argument("--sif", help="default: the SIF smsctl build wrote for the release")
+    s.add_argument("--tag", action="append", help="e.g. testing, stable (repeatable)")
+    s.add_argument("--verify-report", metavar="JSON", help="the passing verify report to record with it")
+    s.add_argument("release", metavar="RELEASE")
+    s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("pull", help="fetch RELEASE[:tag|:version] and check signature and checksum")
+    library_arg(s)
+    trust_args(s)
+    s.add_argument("--dest", help="folder for images pulled from a registry (default: .)")
+    s.add_argument("ref", metavar="RELEASE[:TAG]")
+    s.set_defaults(func=cmd_pull)
+
+    s = sub.add_parser("library", help="list the library; move and roll back tags")
+    libs = s.add_subparsers(dest="library_command", required=True, metavar="ACTION")
+    k = libs.add_parser("list", help="what is published")
+    library_arg(k)
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_library)
+    k = libs.add_parser("tag", help="point TAG at RELEASE:VERSION (promote)")
+    library_arg(k)
+    k.add_argument("ref", metavar="RELEASE:VERSION")
+    k.add_argument("tag")
+    k.set_defaults(func=cmd_library)
+    k = libs.add_parser("rollback", help="point TAG back where it was before its last move")
+    library_arg(k)
+    k.add_argument("release")
+    k.add_argument("tag")
+    k.set_defaults(func=cmd_library)
 
     s = sub.add_parser("manifest", help="print the package manifest embedded in a SIF")
     s.add_argument("sif")
