@@ -43,6 +43,64 @@ for _rid in BUILDABLE:
 
 
 @nox.session
+def verify(session: nox.Session) -> None:
+    """Prove every service answers in a lab cluster: nox -s verify -- [RELEASE] [smsctl verify options].
+
+    Writes results/verify-R.json and results/verify-R.xml (JUnit) for CI.
+    """
+    rid = _release(session)
+    session.run("smsctl", "verify", rid, "--json", f"results/verify-{rid}.json",
+                "--junit", f"results/verify-{rid}.xml", *session.posargs[1:], external=True)
+
+
+for _rid in BUILDABLE:
+    def _verify_one(session: nox.Session, rid: str = _rid) -> None:
+        session.run("smsctl", "verify", rid, "--json", f"results/verify-{rid}.json",
+                    "--junit", f"results/verify-{rid}.xml", *session.posargs, external=True)
+    _verify_one.__doc__ = f"Verify OpenHPC {_rid}'s SIF in a lab cluster (after build-{_rid})."
+    nox.session(name=f"verify-{_rid}", requires=[f"build-{_rid}"])(_verify_one)
+
+
+@nox.session
+def keys(session: nox.Session) -> None:
+    """Make a signing key pair: nox -s keys -- PREFIX [ec|ed25519|rsa]."""
+    if not session.posargs:
+        session.error("usage: nox -s keys -- PREFIX [ec|ed25519|rsa]")
+    kind = session.posargs[1] if len(session.posargs) > 1 else "ec"
+    session.run("smsctl", "keys", "create", "--out", session.posargs[0], "--type", kind, external=True)
+
+
+@nox.session
+def sign(session: nox.Session) -> None:
+    """Sign a release's SIF once its verify passed: nox -s sign -- RELEASE [KEY_PREFIX].
+
+    The key defaults to $SMS_SIGNING_KEY; the verify report is results/verify-R.json.
+    """
+    rid = _release(session)
+    key = session.posargs[1] if len(session.posargs) > 1 else os.environ.get("SMS_SIGNING_KEY")
+    if not key:
+        session.error("give the key: nox -s sign -- RELEASE KEY_PREFIX (or set SMS_SIGNING_KEY)")
+    session.run("smsctl", "sign", "--key", key, "--require-verified", f"results/verify-{rid}.json", rid,
+                external=True)
+
+
+@nox.session
+def publish(session: nox.Session) -> None:
+    """Publish a release's signed SIF: nox -s publish -- RELEASE [smsctl publish options].
+
+    Trusts $SMS_SIGNING_KEY's .pub when set; records results/verify-R.json when present.
+    """
+    rid = _release(session)
+    extra = list(session.posargs[1:])
+    if os.environ.get("SMS_SIGNING_KEY") and "--key" not in extra:
+        extra += ["--key", os.environ["SMS_SIGNING_KEY"]]
+    report = Path(f"results/verify-{rid}.json")
+    if report.exists() and "--verify-report" not in extra:
+        extra += ["--verify-report", str(report)]
+    session.run("smsctl", "publish", *extra, rid, external=True)
+
+
+@nox.session
 def render(session: nox.Session) -> None:
     """Print a release's definition: nox -s render -- [RELEASE]."""
     session.run("smsctl", "render", "--release", _release(session), external=True)
@@ -76,6 +134,6 @@ def unit(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Measure cold/warm/incremental build time and SIF size; writes results/bench.json."""
+    """Measure build time, SIF size and verify timings (lab up, start to green, stop); writes results/bench.json."""
     session.run("python", "-m", "sms_services.bench", "--release", _release(session),
                 "--out", "results/bench.json", external=True)

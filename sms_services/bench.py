@@ -1,4 +1,4 @@
-"""Build benchmark: cold, warm and incremental build time and SIF size, as JSON.
+"""Benchmark: cold, warm and incremental build time, SIF size and verify timings, as JSON.
 
 Cold uses an empty layer cache (everything bootstrapped and downloaded), warm
 repeats the build with nothing changed, incremental changes one fragment's run
@@ -29,6 +29,17 @@ def _timed_build(project: Project, apptainer: Apptainer, release: str, cache: Pa
     return {"seconds": round(time.monotonic() - t, 1), "size_bytes": res.size, "layers": res.layers}
 
 
+def _timed_verify(project: Project, apptainer: Apptainer, release: str) -> dict:
+    """One full verify of the release's built SIF: the lab and instance timings it records."""
+    from .verify import verify
+
+    outcome = verify(project, apptainer, release)
+    t = outcome.meta["timings"]
+    return {"ok": outcome.ok, "lab_up_s": t.get("lab_up_s"), "sms_instance_start_s": t.get("sms_instance_start_s"),
+            "start_to_all_green_s": t.get("start_to_green_s"), "verify_total_s": t.get("verify_total_s"),
+            "sms_instance_stop_s": t.get("sms_instance_stop_s"), "teardown_s": t.get("teardown_s")}
+
+
 def run(release: str, out_file: Path) -> dict:
     root = find_root()
     apptainer = Apptainer.find()
@@ -53,6 +64,7 @@ def run(release: str, out_file: Path) -> dict:
                  "apptainer": ".".join(map(str, apptainer.version))},
         "build": {"cold": cold, "warm": warm, "incremental_one_fragment": incremental},
         "sif_size_mib": round(cold["size_bytes"] / 2**20, 1),
+        "verify": _timed_verify(project, apptainer, release),
     }
     out_file.parent.mkdir(parents=True, exist_ok=True)
     # Other benchmarks (verify, cutover) add their own keys to the same file.
@@ -76,7 +88,7 @@ def main() -> int:
     b = report["build"]
     print(f"release {report['release']}: cold {b['cold']['seconds']} s, warm {b['warm']['seconds']} s, "
           f"one fragment changed {b['incremental_one_fragment']['seconds']} s, "
-          f"SIF {report['sif_size_mib']} MiB -> {args.out}")
+          f"SIF {report['sif_size_mib']} MiB; verify {report['verify']} -> {args.out}")
     return 0
 
 
