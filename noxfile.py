@@ -48,15 +48,17 @@ def verify(session: nox.Session) -> None:
 
     Writes results/verify-R.json and results/verify-R.xml (JUnit) for CI.
     """
-    rid = _release(session)
+    _verify(session, _release(session), session.posargs[1:])
+
+
+def _verify(session: nox.Session, rid: str, extra: list[str]) -> None:
     session.run("smsctl", "verify", rid, "--json", f"results/verify-{rid}.json",
-                "--junit", f"results/verify-{rid}.xml", *session.posargs[1:], external=True)
+                "--junit", f"results/verify-{rid}.xml", *extra, external=True)
 
 
 for _rid in BUILDABLE:
     def _verify_one(session: nox.Session, rid: str = _rid) -> None:
-        session.run("smsctl", "verify", rid, "--json", f"results/verify-{rid}.json",
-                    "--junit", f"results/verify-{rid}.xml", *session.posargs, external=True)
+        _verify(session, rid, session.posargs)
     _verify_one.__doc__ = f"Verify OpenHPC {_rid}'s SIF in a lab cluster (after build-{_rid})."
     nox.session(name=f"verify-{_rid}", requires=[f"build-{_rid}"])(_verify_one)
 

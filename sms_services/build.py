@@ -167,8 +167,7 @@ class Builder:
             self.say(f"final image: unchanged inputs, kept {target.name}")
             if not reused.signer:  # an image from before builds were signed
                 reused.signer = str(sign(self.apptainer, target, build_key()))
-                self.record_signature(target, reused.signer)
-                reused.sha256, reused.size = sha256_file(target), target.stat().st_size
+                reused.sha256, reused.size = self.record_signature(target, reused.signer)
             reused.seconds = round(time.monotonic() - start, 1)
             reused.layers = {**result.layers, "final": "cached"}
             return reused
@@ -209,19 +208,24 @@ class Builder:
             return None
 
     @staticmethod
-    def record_signature(sif: Path, signer: str) -> None:
-        """After a re-signing: the build record follows, so the signed image counts as built."""
+    def record_signature(sif: Path, signer: str) -> tuple[str, int]:
+        """After a re-signing: the build record follows, so the signed image counts as built.
+
+        Returns the image's new (sha256, size).
+        """
+        sha, size = sha256_file(sif), sif.stat().st_size
         record = sif.with_suffix(".json")
         try:
             data = json.loads(record.read_text())
         except (OSError, ValueError):
-            return
+            return sha, size
         if Path(data.get("sif", "")).resolve() != sif.resolve():
-            return
-        data.update(sha256=sha256_file(sif), size=sif.stat().st_size, signer=signer)
+            return sha, size
+        data.update(sha256=sha, size=size, signer=signer)
         tmp = record.with_name(f".{record.name}.partial")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, record)
+        return sha, size
 
     def verify_no_secrets(self, sif: Path, fragments) -> None:
         """Belt and braces after the in-definition guard: look inside the finished image."""

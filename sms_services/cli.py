@@ -9,17 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
 from .errors import UserError
-from .keys import KEY_TYPES
 from .project import Project, load_project
-from .signing import Trust
+
+if TYPE_CHECKING:  # cryptography is imported only by the commands that sign
+    from .signing import Trust
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 # Pipes and CI logs get a wide console: a table cut to 80 columns hides the facts.
@@ -196,10 +198,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         mark = "[green]pass[/green]" if r.ok else "[red]FAIL[/red]"
         err_console.print(f"{mark} {r.service:10} {r.probe:28} {r.phase:9} {r.detail}")
 
-    from .signing import Trust
-
-    trust = Trust.candidate(args.key, allow_unsigned=args.allow_unsigned)
-    outcome = verify(project, Apptainer.find(), release, sif=Path(args.sif) if args.sif else None, trust=trust,
+    outcome = verify(project, Apptainer.find(), release, sif=Path(args.sif) if args.sif else None,
+                     trust=_trust(args, candidate=True),
                      site_path=Path(args.site) if args.site else None,
                      json_path=Path(args.json) if args.json else None,
                      junit_path=Path(args.junit) if args.junit else None,
@@ -225,9 +225,13 @@ def trust_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--certificate-intermediates", metavar="PEM")
 
 
-def _trust(args: argparse.Namespace) -> Trust:
-    return Trust.release(args.key, certificate=args.certificate, roots=args.certificate_roots,
-                         intermediates=args.certificate_intermediates)
+def _trust(args: argparse.Namespace, *, candidate: bool = False) -> Trust:
+    """Release trust from the command line; ``candidate`` adds this host's build key (verify only)."""
+    from .signing import Trust
+
+    return (Trust.candidate if candidate else Trust.release)(
+        args.key, certificate=args.certificate, roots=args.certificate_roots,
+        intermediates=args.certificate_intermediates, allow_unsigned=getattr(args, "allow_unsigned", False))
 
 
 def _sif_of(args: argparse.Namespace, target: str) -> Path:
@@ -265,38 +269,25 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_create_ca(args: argparse.Namespace) -> int:
     from .keys import create_ca
 
-    out = Path(args.out)
-    if out.with_name(out.name + ".key").exists():
-        raise UserError(f"{out}.key: exists already; refusing to overwrite a CA key")
-    crt = create_ca(out, kind=args.type, name=args.name)
+    crt = create_ca(Path(args.out), kind=args.type, name=args.name)
     out_console.print(f"site CA {crt} (hosts trust it with --certificate-roots {crt})", markup=False)
     return 0
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
     from .apptainer import Apptainer
-    from .build import Builder, sha256_file
-    from .signing import sign
+    from .build import Builder
+    from .report import passed_report
+    from .signing import content_digest, sign
 
     sif = _sif_of(args, args.target)
+    app = Apptainer.find()
     if args.require_verified:
-        _require_verified(Path(args.require_verified), sif, sha256_file(sif))
-    signer = sign(Apptainer.find(), sif, args.key)
+        passed_report(Path(args.require_verified), content_digest(app, sif), sif)
+    signer = sign(app, sif, args.key)
     Builder.record_signature(sif, str(signer))
     out_console.print(f"signed {sif} as {signer}", markup=False)
     return 0
-
-
-def _require_verified(report: Path, sif: Path, sha256: str) -> None:
-    try:
-        data = json.loads(report.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{report}: not a readable verify report ({err})") from None
-    if data.get("sif_sha256") != sha256:
-        raise UserError(f"{report}: reports on another image than {sif} (sha256 differs); verify this one first")
-    if data.get("ok") is not True:
-        failed = ", ".join(data.get("failed_services", [])) or "unknown"
-        raise UserError(f"{report}: verify FAILED ({failed}); refusing to sign {sif}")
 
 
 def cmd_verify_signature(args: argparse.Namespace) -> int:
@@ -401,8 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_releases)
 
-    def release_args(s: argparse.ArgumentParser) -> None:
+    def release_args(s: argparse.ArgumentParser, positional: bool = False) -> None:
         s.add_argument("--release", "-r", help="OpenHPC release id (default: releases.yaml's default)")
+        if positional:  # `smsctl build 3.5` as well as `smsctl build --release 3.5`
+            s.add_argument("release_pos", nargs="?", metavar="RELEASE")
         s.add_argument("--variant", choices=("debian", "el"), help="default: debian when the release has one")
 
     s = sub.add_parser("render", help="print the assembled Apptainer definition")
@@ -420,8 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_lint)
 
     s = sub.add_parser("build", help="build a release's SIF")
-    release_args(s)
-    s.add_argument("release_pos", nargs="?", metavar="RELEASE")
+    release_args(s, positional=True)
     s.add_argument("--out", help="output folder (default: build/<release>)")
     s.add_argument("--cache", help="layer and apt cache (default: ~/.cache/sms-services)")
     s.add_argument("--json", action="store_true", help="print one JSON object: sif, size, sha256, seconds")
@@ -429,8 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("verify", help="start the SIF in a lab cluster and prove every service answers")
-    release_args(s)
-    s.add_argument("release_pos", nargs="?", metavar="RELEASE")
+    release_args(s, positional=True)
     s.add_argument("--sif", help="image to verify (default: build/<release>/..., built if missing)")
     s.add_argument("--site", help="lab site file (default: overlays/lab/site.yaml)")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -444,14 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys = s.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k = keys.add_parser("create", help="make a signing key pair PREFIX.key (0600) and PREFIX.pub")
     k.add_argument("--out", required=True, metavar="PREFIX")
-    k.add_argument("--type", choices=KEY_TYPES, default="ec", help="ec (P-256, default), ed25519 or rsa (3072)")
+    k.add_argument("--type", default="ec", help="ec (P-256, default), ed25519 or rsa (3072)")
     k.add_argument("--ca", metavar="CA_PREFIX", help="also issue PREFIX.crt from this site CA")
     k.add_argument("--name", help="the certificate's common name (default: PREFIX's name)")
     k.add_argument("--json", action="store_true")
     k.set_defaults(func=cmd_keys_create)
     k = keys.add_parser("create-ca", help="make a site CA (CA_PREFIX.key, CA_PREFIX.crt) to issue signing certificates")
     k.add_argument("--out", required=True, metavar="CA_PREFIX")
-    k.add_argument("--type", choices=KEY_TYPES, default="ec")
+    k.add_argument("--type", default="ec", help="ec (default), ed25519 or rsa")
     k.add_argument("--name", default="sms-services site CA")
     k.set_defaults(func=cmd_keys_create_ca)
 

@@ -77,10 +77,11 @@ def load_public(path: Path) -> object:
         raise UserError(f"{path}: not a PEM public key, private key or certificate ({err})") from None
 
 
-def _write_secret(path: Path, data: bytes) -> None:
-    """Created 0600 from the start: the key is never readable by others, not even for a moment."""
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Atomically, and created with ``mode`` from the start: a private key is never
+    readable by others, not even for a moment."""
     tmp = path.with_name(f".{path.name}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -89,11 +90,9 @@ def _write_secret(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+def _write_private(path: Path, key: PrivateKey) -> None:
+    _write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()), 0o600)
 
 
 def _file(prefix: Path, suffix: str) -> Path:
@@ -110,24 +109,33 @@ def _sign_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
+def _certificate(subject: str, issuer: x509.Name | None, public_key: object, signer: PrivateKey, days: int,
+                 *, ca: bool) -> bytes:
+    """A CA certificate (signs certificates) or a code-signing leaf (signs images)."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer or _name(subject))
+               .public_key(public_key).serial_number(x509.random_serial_number())  # type: ignore[arg-type]
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=False,
+                                            key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                            key_cert_sign=ca, crl_sign=ca, encipher_only=False,
+                                            decipher_only=False), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+    return builder.sign(signer, _sign_hash(signer)).public_bytes(serialization.Encoding.PEM)
+
+
 def create_ca(prefix: Path, *, kind: str = "ec", name: str = "sms-services site CA", days: int = 3650) -> Path:
     """A self-signed site CA (PREFIX.key, PREFIX.crt); returns the certificate's path."""
+    private = _file(prefix, ".key")
+    if private.exists():
+        raise UserError(f"{private}: exists already; refusing to overwrite a CA key (choose another --out)")
     key = _generate(kind)
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                         key_cert_sign=True, crl_sign=True, encipher_only=False,
-                                         decipher_only=False), critical=True)
-            .sign(key, _sign_hash(key)))
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    _write_secret(_file(prefix, ".key"), key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    _write_private(private, key)
     crt = _file(prefix, ".crt")
-    _write_public(crt, cert.public_bytes(serialization.Encoding.PEM))
+    _write(crt, _certificate(name, None, key.public_key(), key, days, ca=True), 0o644)
     return crt
 
 
@@ -140,18 +148,7 @@ def _issue(key: PrivateKey, ca_prefix: Path, cn: str, days: int) -> bytes:
                         "create one with 'smsctl keys create-ca'") from None
     except ValueError as err:
         raise UserError(f"{ca_prefix}: the CA's .key/.crt are not PEM ({err})") from None
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                         key_cert_sign=False, crl_sign=False, encipher_only=False,
-                                         decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-            .sign(ca_key, _sign_hash(ca_key)))  # type: ignore[arg-type]
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return _certificate(cn, ca_cert.subject, key.public_key(), ca_key, days, ca=False)  # type: ignore[arg-type]
 
 
 def create_keypair(prefix: Path, *, kind: str = "ec", ca: Path | None = None, name: str | None = None,
@@ -162,14 +159,13 @@ def create_keypair(prefix: Path, *, kind: str = "ec", ca: Path | None = None, na
         raise UserError(f"{private}: exists already; refusing to overwrite a signing key (choose another --out)")
     key = _generate(kind)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    _write_secret(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption()))
-    _write_public(public, key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+    _write_private(private, key)
+    _write(public, key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
     cert = None
     if ca is not None:
         cert = _file(prefix, ".crt")
-        _write_public(cert, _issue(key, ca, name or prefix.name, days))
+        _write(cert, _issue(key, ca, name or prefix.name, days), 0o644)
     return KeyPair(private, public, cert, fingerprint(key.public_key()), describe(key.public_key()))
 
 

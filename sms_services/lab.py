@@ -152,9 +152,7 @@ class Lab:
         try:
             t = time.monotonic()
             teardown(self.name, self.apptainer, procs=self._procs, say=self.say)
-            self.timings.setdefault("teardown_s", round(time.monotonic() - t, 2))
-            if self.work and self.work != Path() and self.work.exists():
-                shutil.rmtree(self.work, ignore_errors=True)
+            self.timings.setdefault("teardown_s", round(time.monotonic() - t, 2))  # (it removes self.work too)
         finally:
             signal.signal(signal.SIGINT, old)
 
@@ -374,6 +372,11 @@ def _instances(apptainer: Apptainer) -> list[str]:
         return []
 
 
+def _namespaces() -> list[str]:
+    return [line.split()[0] for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines()
+            if line.strip()]
+
+
 def _mine(name: str, items: list[str]) -> list[str]:
     return [i for i in items if i == name or i.startswith(name + "-")]
 
@@ -381,9 +384,7 @@ def _mine(name: str, items: list[str]) -> list[str]:
 def leftovers(name: str, apptainer: Apptainer) -> list[str]:
     """Whatever lab ``name`` still holds: instances, namespaces, work folders, loop devices."""
     found = [f"instance {i}" for i in _mine(name, _instances(apptainer))]
-    namespaces = [line.split()[0] for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines()
-                  if line.strip()]
-    found += [f"network namespace {ns}" for ns in _mine(name, namespaces)]
+    found += [f"network namespace {ns}" for ns in _mine(name, _namespaces())]
     tmp = Path(tempfile.gettempdir())
     found += [f"work folder {d}" for d in tmp.glob(f"{name}-*")]
     loops = _run(["losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE"], check=False).stdout
@@ -412,16 +413,14 @@ def teardown(name: str, apptainer: Apptainer, *, procs: list[subprocess.Popen] |
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-    namespaces = _run(["ip", "netns", "list"], check=False).stdout.split("\n")
-    for ns in [line.split()[0] for line in namespaces if line.strip()]:
-        if ns == name or ns.startswith(name + "-"):
-            # Processes of a crashed run outlive `ip netns del`: end them first.
-            for pid in _run(["ip", "netns", "pids", ns], check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            _run(["ip", "netns", "del", ns], check=False)
+    for ns in _mine(name, _namespaces()):
+        # Processes of a crashed run outlive `ip netns del`: end them first.
+        for pid in _run(["ip", "netns", "pids", ns], check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        _run(["ip", "netns", "del", ns], check=False)
     # Work folders (overlays, CNI configs) of this run and of crashed ones; the
     # instances are gone, so no loop device holds their overlays any more.
     for work in Path(tempfile.gettempdir()).glob(f"{name}-*"):

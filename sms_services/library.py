@@ -32,7 +32,8 @@ from pathlib import Path
 from .apptainer import Apptainer, last_line
 from .build import sha256_file
 from .errors import UserError
-from .signing import Signer, Trust, check
+from .report import passed_report
+from .signing import Signer, Trust, check, content_digest
 
 COLLECTION = "sms-services"
 TAG_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,40}$")
@@ -108,7 +109,8 @@ class DirectoryLibrary:
         for tag in tags:
             _check_tag(tag)
         sha = sha256_file(sif)
-        verify = _verify_summary(verify_report, sha)
+        verify = (passed_report(verify_report, content_digest(self.apptainer, sif), sif)
+                  if verify_report else "not verified")
         with self._locked() as index:
             same = [e for e in index["entries"] if e["release"] == release]
             for e in same:
@@ -202,21 +204,6 @@ class DirectoryLibrary:
 def _check_tag(tag: str) -> None:
     if not TAG_RE.match(tag) or tag == "latest" or tag.isdigit():
         raise UserError(f"tag {tag!r}: use lower-case letters, digits, '.', '-', '_' (not a number, not 'latest')")
-
-
-def _verify_summary(report: Path | None, sha: str) -> str:
-    if report is None:
-        return "not verified"
-    try:
-        data = json.loads(report.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{report}: not a readable verify report ({err})") from None
-    digest = sha256_file(report)[:16]
-    if data.get("ok") is not True:
-        raise UserError(f"{report}: verify FAILED ({', '.join(data.get('failed_services', []))}); not published")
-    verified = data.get("sif_sha256")
-    return f"passed (report sha256:{digest}, image before signing sha256:{str(verified)[:16]})" if verified != sha \
-        else f"passed (report sha256:{digest})"
 
 
 class OrasLibrary:

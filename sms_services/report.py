@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from .errors import UserError
 from .probes import Result
 
 
@@ -43,3 +46,23 @@ def junit(results: list[Result], suite: str, path: Path, seconds: float) -> None
     root = ET.Element("testsuites")
     root.append(ts)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def passed_report(report: Path, content: str, image: Path) -> str:
+    """How a passing verify report of exactly this image is recorded; one line why not otherwise.
+
+    ``content`` is the image's content digest (signing.content_digest), which the
+    report records and which signing does not change.
+    """
+    try:
+        raw = report.read_bytes()
+        data = json.loads(raw)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{report}: not a readable verify report ({err})") from None
+    if data.get("sif_content_sha256") != content:
+        raise UserError(f"{report}: reports on another image than {image} (content digest differs); "
+                        "verify this one first")
+    if data.get("ok") is not True:
+        failed = ", ".join(data.get("failed_services", [])) or "unknown"
+        raise UserError(f"{report}: verify FAILED ({failed}); refusing {image}")
+    return f"passed (report sha256:{hashlib.sha256(raw).hexdigest()[:16]})"

@@ -18,6 +18,7 @@ tampered one; ``--allow-unsigned`` lets local development through, loudly.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -100,12 +101,48 @@ def _public_of(key: str) -> Path:
     return public
 
 
-def signatures(apptainer: Apptainer, sif: Path) -> list[int]:
-    """Object ids of the signature objects in ``sif``."""
+@dataclass(frozen=True)
+class SifObject:
+    id: int
+    start: int
+    end: int
+    kind: str
+
+
+def sif_objects(apptainer: Apptainer, sif: Path) -> list[SifObject]:
+    """The data objects of ``sif`` as `apptainer sif list` shows them."""
     res = apptainer.run(["sif", "list", str(sif)], timeout=60)
     if res.returncode != 0:
         raise UserError(f"{sif}: not a readable SIF ({last_line(res.stderr)})")
-    return [int(m.group(1)) for m in re.finditer(r"(?m)^(\d+)\s*\|.*\|\s*Signature", res.stdout)]
+    return [SifObject(int(m[1]), int(m[2]), int(m[3]), m[4].strip()) for m in
+            re.finditer(r"(?m)^(\d+)\s*\|[^|]*\|[^|]*\|\s*(\d+)-(\d+)\s*\|(.*)$", res.stdout)]
+
+
+def signatures(apptainer: Apptainer, sif: Path) -> list[int]:
+    """Object ids of the signature objects in ``sif``."""
+    return [o.id for o in sif_objects(apptainer, sif) if o.kind.startswith("Signature")]
+
+
+def content_digest(apptainer: Apptainer, sif: Path) -> str:
+    """sha256 over every object but the signatures: what a signature vouches for.
+
+    Re-signing changes the file's sha256 but not this, so a verify report made
+    on the build-signed candidate still names the release-signed image.
+    """
+    h = hashlib.sha256()
+    with open(sif, "rb") as fh:
+        for obj in sif_objects(apptainer, sif):
+            if obj.kind.startswith("Signature"):
+                continue
+            fh.seek(obj.start)
+            left = obj.end - obj.start
+            while left > 0:
+                chunk = fh.read(min(left, 1 << 20))
+                if not chunk:
+                    raise UserError(f"{sif}: truncated (object {obj.id} ends past the end of the file)")
+                h.update(chunk)
+                left -= len(chunk)
+    return "sha256:" + h.hexdigest()
 
 
 def sign(apptainer: Apptainer, sif: Path, key: str | Path, *, replace: bool = True) -> Signer:

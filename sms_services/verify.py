@@ -22,7 +22,7 @@ from .lab import Lab
 from .probes import Result, run_all, to_json
 from .project import Project
 from .report import junit
-from .signing import Trust, check
+from .signing import Trust, check, content_digest
 from .site import load_site
 
 SYNCED = ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/slurm/slurm.conf", "/etc/munge/munge.key"]
@@ -145,7 +145,8 @@ def verify(project: Project, apptainer: Apptainer, release: str, *, sif: Path | 
         logs = failed_service_logs(lab, results)
         lab.timings["sms_instance_stop_s"] = lab.stop_sms()
     meta = {"release": release, "variant": "debian", "sif": str(lab.sms_sif), "compute_sif": str(lab.compute_sif),
-            "sif_sha256": sha256_file(lab.sms_sif), "signer": lab.signer,
+            "sif_sha256": sha256_file(lab.sms_sif), "sif_content_sha256": content_digest(apptainer, lab.sms_sif),
+            "signer": lab.signer,
             "timings": {**lab.timings, "verify_total_s": round(time.monotonic() - start, 2)},
             "logs": logs}
     outcome = Outcome(results, meta)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import socket
 import subprocess
@@ -18,7 +17,7 @@ from sms_services.build import Builder, sha256_file, sif_path
 from sms_services.errors import UserError
 from sms_services.library import DirectoryLibrary
 from sms_services.project import Project
-from sms_services.signing import Trust, check, signatures
+from sms_services.signing import Trust, check, content_digest, signatures, sif_objects
 from sms_services.verify import open_lab
 
 pytestmark = pytest.mark.integration
@@ -56,32 +55,26 @@ def keys(capsys, prefix: Path, kind: str = "ec", *extra: str) -> Path:
 
 @pytest.mark.parametrize("kind", ["ec", "ed25519", "rsa"])
 def test_sign_and_verify_round_trip(capsys, sif: Path, tmp_path: Path, kind: str) -> None:
-    key = keys(capsys, tmp_path / f"site-{kind}", kind)
+    rc, out, err = smsctl(capsys, "keys", "create", "--out", str(tmp_path / f"site-{kind}"), "--type", kind, "--json")
+    assert rc == 0 and "PRIVATE KEY" not in out + err, err
+    made = json.loads(out)
+    key = tmp_path / f"site-{kind}"
     assert (tmp_path / f"site-{kind}.key").stat().st_mode & 0o777 == 0o600
     assert smsctl(capsys, "sign", "--key", str(key), str(sif))[0] == 0
     rc, out, err = smsctl(capsys, "verify-signature", "--key", str(key), "--json", str(sif))
     assert rc == 0, err
     data = json.loads(out)
-    pub = json.loads(smsctl(capsys, "keys", "create", "--out", str(tmp_path / "x"), "--json")[1])
-    assert data["signer"] == f"site-{kind}" and data["fingerprint"].startswith("sha256:")
-    assert data["fingerprint"] != pub["fingerprint"]
+    assert data["signer"] == f"site-{kind}" and data["fingerprint"] == made["fingerprint"]
     # Plain Apptainer agrees: exactly one signature, by this key.
     res = subprocess.run(["apptainer", "verify", "--key", str(key) + ".pub", str(sif)], capture_output=True)
     assert res.returncode == 0
 
 
-def _fs_offset(sif: Path) -> int:
-    out = subprocess.run(["apptainer", "sif", "list", str(sif)], capture_output=True, text=True).stdout
-    m = re.search(r"\|\s*(\d+)-\d+\s*\|FS", out)
-    assert m, out
-    return int(m.group(1))
-
-
-def test_tampered_image_is_refused(capsys, sif: Path, tmp_path: Path) -> None:
+def test_tampered_image_is_refused(apptainer, capsys, sif: Path, tmp_path: Path) -> None:
     key = keys(capsys, tmp_path / "site")
     smsctl(capsys, "sign", "--key", str(key), str(sif))
     with open(sif, "r+b") as fh:  # one byte flipped inside the root filesystem partition
-        fh.seek(_fs_offset(sif) + 4_000_000)
+        fh.seek(next(o.start for o in sif_objects(apptainer, sif) if o.kind.startswith("FS")) + 4_000_000)
         byte = fh.read(1)
         fh.seek(-1, 1)
         fh.write(bytes([byte[0] ^ 0xFF]))
@@ -98,8 +91,8 @@ def test_wrong_key_and_missing_key_are_refused(capsys, sif: Path, tmp_path: Path
     assert rc != 0 and "not by a trusted key" in err and len(err.strip().splitlines()) == 1
     rc, _, err = smsctl(capsys, "verify-signature", "--key", str(tmp_path / "nokey"), str(sif))
     assert rc != 0 and "no public key" in err
-    with pytest.raises(SystemExit):  # argparse: one usage line naming the choices
-        cli.main(["keys", "create", "--out", str(tmp_path / "k"), "--type", "dsa"])
+    rc, _, err = smsctl(capsys, "keys", "create", "--out", str(tmp_path / "k"), "--type", "dsa")
+    assert rc != 0 and "use one of ec, ed25519, rsa" in err and not (tmp_path / "k.key").exists()
 
 
 def test_site_ca_certificate_chain(capsys, sif: Path, tmp_path: Path) -> None:
@@ -134,17 +127,21 @@ def test_build_signs_with_the_build_key_and_verify_trusts_only_that_and_release_
         check(apptainer, built_sif, Trust.release([]))  # production trust does not include the build key
 
 
-def test_sign_only_what_verify_passed(capsys, sif: Path, tmp_path: Path) -> None:
+def test_sign_only_what_verify_passed(apptainer, capsys, sif: Path, tmp_path: Path) -> None:
     key = keys(capsys, tmp_path / "site")
     report = tmp_path / "verify.json"
-    report.write_text(json.dumps({"ok": False, "failed_services": ["nat"], "sif_sha256": sha256_file(sif)}))
+    content = content_digest(apptainer, sif)
+    report.write_text(json.dumps({"ok": False, "failed_services": ["nat"], "sif_content_sha256": content}))
     rc, _, err = smsctl(capsys, "sign", "--key", str(key), "--require-verified", str(report), str(sif))
     assert rc != 0 and "verify FAILED (nat)" in err
-    report.write_text(json.dumps({"ok": True, "failed_services": [], "sif_sha256": "0" * 64}))
+    report.write_text(json.dumps({"ok": True, "failed_services": [], "sif_content_sha256": "sha256:" + "0" * 64}))
     rc, _, err = smsctl(capsys, "sign", "--key", str(key), "--require-verified", str(report), str(sif))
     assert rc != 0 and "another image" in err
-    report.write_text(json.dumps({"ok": True, "failed_services": [], "sif_sha256": sha256_file(sif)}))
+    report.write_text(json.dumps({"ok": True, "failed_services": [], "sif_content_sha256": content}))
+    before = sha256_file(sif)
     assert smsctl(capsys, "sign", "--key", str(key), "--require-verified", str(report), str(sif))[0] == 0
+    # The file changed (new signature), what the signature vouches for did not.
+    assert sha256_file(sif) != before and content_digest(apptainer, sif) == content
 
 
 # --- the directory library ------------------------------------------------------------
@@ -156,12 +153,14 @@ def _signed_copy(capsys, sif: Path, key: Path, name: str) -> Path:
     return copy
 
 
-def test_publish_pull_promote_rollback(capsys, sif: Path, tmp_path: Path) -> None:
+def test_publish_pull_promote_rollback(apptainer, capsys, sif: Path, tmp_path: Path) -> None:
     key = keys(capsys, tmp_path / "site")
     lib = tmp_path / "lib"
-    one, two = _signed_copy(capsys, sif, key, "one.sif"), _signed_copy(capsys, sif, key, "two.sif")
+    # The report was made on the build-signed candidate, before the release signature.
     report = tmp_path / "verify.json"
-    report.write_text(json.dumps({"ok": True, "failed_services": [], "sif_sha256": sha256_file(one)}))
+    report.write_text(json.dumps({"ok": True, "failed_services": [],
+                                  "sif_content_sha256": content_digest(apptainer, sif)}))
+    one, two = _signed_copy(capsys, sif, key, "one.sif"), _signed_copy(capsys, sif, key, "two.sif")
     base = ["--library", str(lib), "--key", str(key)]
     assert smsctl(capsys, "publish", *base, "--sif", str(one), "--tag", "stable", "--verify-report", str(report),
                   "3.5")[0] == 0

@@ -76,6 +76,7 @@ def test_a_killed_run_is_cleaned_up_by_the_next_which_passes(apptainer, tmp_path
 
     data = json.loads(report.read_text())
     assert data["ok"] is True and data["failed_services"] == []
+    assert data["sif_content_sha256"].startswith("sha256:") and data["signer"].startswith("build")
     services = {p["service"] for p in data["probes"] if p["ok"]}
     assert services >= {"munge", "slurmctld", "rsyslog", "chrony", "postfix", "nat", "cron", "wwclient"}
     assert {p["phase"] for p in data["probes"]} == {"up", "mgmt-down"}

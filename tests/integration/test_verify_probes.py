@@ -48,9 +48,9 @@ BREAKS: dict[str, tuple[str, list[list[str]], list[list[str]], str]] = {
     "slurmdbd": ("4.1", _stop("slurmdbd"), _start("slurmdbd"), "slurm-sacct"),
 }
 
-# postfix opened up: listening on every interface and relaying for anyone.
-OPEN_RELAY = ["sh", "-c", "postconf -e 'inet_interfaces = all' 'mynetworks = 0.0.0.0/0' "
-              "'smtpd_relay_restrictions = permit_mynetworks' 'smtpd_recipient_restrictions = permit_mynetworks'"]
+# The classic open relay: listening everywhere with mynetworks far too wide. (Dropping
+# reject_unauth_destination instead is refused by smtpd itself, so that is no test.)
+OPEN_RELAY = ["postconf", "-e", "inet_interfaces = all", "mynetworks = 0.0.0.0/0"]
 
 
 # OpenHPC 4.x (sid: Slurm 26.05, MariaDB 11.8): slurmdbd does not reach MariaDB in the
@@ -100,8 +100,6 @@ def test_a_broken_service_fails_its_probe(lab: Lab, service: str) -> None:
     assert healed.ok, f"{service} did not come back after repair: {healed.failed}"
 
 
-@pytest.mark.skip(reason="postfix restarted with inet_interfaces=all does not answer within the deadline "
-                         "here yet (open in issue 3)")
 @pytest.mark.parametrize("lab", ["3.5"], indirect=True)
 def test_an_open_relay_fails_the_relay_probe(lab: Lab) -> None:
     saved = lab.on_sms(["cp", "/etc/postfix/main.cf", "/etc/postfix/main.cf.test-saved"])
