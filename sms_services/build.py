@@ -104,7 +104,10 @@ class Builder:
                 if "no space left on device" in tail.lower():
                     raise UserError(f"{what}: no space left on device while building; free space under "
                                     f"{self.cache} and {target.parent} (log: {log})")
-                raise UserError(f"{what}: apptainer build failed: {last_line(tail)} (full log: {log})")
+                # Our own %post guards say what is wrong in one line of their own.
+                ours = [ln for ln in tail.splitlines() if ln.startswith("sms-services: ")]
+                reason = ours[-1].removeprefix("sms-services: ") if ours else last_line(tail)
+                raise UserError(f"{what}: apptainer build failed: {reason} (full log: {log})")
             os.replace(tmp_sif, target)
         finally:
             if env_tmp is None:

@@ -224,6 +224,12 @@ def _final_steps(ctx: RenderContext) -> list[str]:
               "rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/*",
               "find /usr/share/locale -mindepth 1 -maxdepth 1 ! -name 'en*' ! -name locale.alias "
               "-exec rm -rf {} + 2>/dev/null || true"]
+    targets = sorted({dest for f in ctx.fragments for dest in f.templates.values()})
+    if targets:
+        # Site config is rendered into the overlay. A package's default left here
+        # would run silently (e.g. Debian's NTP pool) when a site file is missing.
+        lines += ["# --- no site config in the image: the overlay brings it",
+                  "rm -f " + " ".join(shlex.quote(d) for d in targets)]
     secrets = sorted({(s, f.name) for f in ctx.fragments for s in f.secrets})
     if secrets:
         lines += ["# --- an image never carries a secret: fail the build if one slipped in"]

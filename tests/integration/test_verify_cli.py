@@ -100,6 +100,10 @@ def test_verify_passes_on_bookworm(apptainer, tmp_path: Path) -> None:
 
 def test_a_failed_probe_names_its_service_in_every_report(apptainer, project: Project, tmp_path: Path) -> None:
     def drop_nat(lab) -> None:
+        # nat is a oneshot that supervisord starts with the rest: flush only after it ran.
+        deadline = time.monotonic() + 60
+        while "EXITED" not in lab.supervisor("status", "nat")[1] and time.monotonic() < deadline:
+            time.sleep(0.3)
         rc, _, err = lab.on_sms(["iptables", "-t", "nat", "-F", "POSTROUTING"])
         assert rc == 0, err
 

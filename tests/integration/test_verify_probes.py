@@ -97,7 +97,7 @@ def test_a_broken_service_fails_its_probe(lab: Lab, service: str) -> None:
     finally:
         _run(lab, repair)
     healed = probe_services(lab, only={service}, ready_timeout=60)
-    assert healed.ok, f"{service} did not come back after repair: {healed.failed}"
+    assert healed.ok, f"{service} did not come back: {[(r.probe, r.detail) for r in healed.results if not r.ok]}"
 
 
 @pytest.mark.parametrize("lab", ["3.5"], indirect=True)
@@ -136,7 +136,8 @@ def test_supervisor_restarts_a_killed_daemon(lab: Lab, program: str) -> None:
         time.sleep(0.3)
     after = _pid(lab, program)
     assert after not in (0, before), f"supervisord did not restart {program} after SIGKILL"
-    assert probe_services(lab, only={program}, ready_timeout=30).ok
+    healed = probe_services(lab, only={program}, ready_timeout=30)
+    assert healed.ok, [(r.probe, r.detail) for r in healed.results if not r.ok]
 
 
 def test_the_instance_stops_within_five_seconds(apptainer, project: Project) -> None:
