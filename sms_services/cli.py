@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="start the SIF in a lab cluster and prove every service answers")
     release_args(s, positional=True)
-    s.add_argument("--sif", help="image to verify (default: build/<release>/..., built if missing)")
+    s.add_argument("--sif", help="image to verify (default: build/<release>/..., built or brought up to date first)")
     s.add_argument("--site", help="lab site file (default: overlays/lab/site.yaml)")
     s.add_argument("--json", metavar="FILE", help="write the results as JSON")
     s.add_argument("--junit", metavar="FILE", help="write the results as JUnit XML")

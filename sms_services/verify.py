@@ -16,7 +16,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 from .apptainer import Apptainer
-from .build import Builder, sha256_file, sif_path
+from .build import Builder, sha256_file
 from .errors import UserError
 from .lab import Lab
 from .probes import Result, run_all, to_json
@@ -51,10 +51,9 @@ def prepare_images(project: Project, apptainer: Apptainer, release: str, sif: Pa
     variant = project.matrix.get(release).variant("debian")
     builder = Builder(project, apptainer, say=say)
     if sif is None:
-        sif = sif_path(project, variant)
-        if not sif.exists():
-            say(f"no {sif.name} yet: building it")
-            builder.build(variant)
+        # The builder keeps an up-to-date image as it is and rebuilds a stale one:
+        # verifying an image older than the fragments would prove the wrong thing.
+        sif = Path(builder.build(variant).sif)
     elif not sif.is_file():
         raise UserError(f"{sif}: no such SIF")
     compute = Path(builder.build(variant, role="compute").sif)

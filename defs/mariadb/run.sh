@@ -8,4 +8,7 @@ if [ ! -d /var/lib/mysql/mysql ]; then
     mariadb-install-db --user=mysql --datadir=/var/lib/mysql --auth-root-authentication-method=socket >/dev/null
 fi
 # Accounting never leaves the instance: listen on loopback only.
-exec mariadbd --user=mysql --bind-address=127.0.0.1 --skip-name-resolve
+# slurmdbd refuses MariaDB 11.8's default snapshot isolation; "loose-" keeps older MariaDB
+# (which lacks the option) starting. The lock wait is what Slurm's accounting guide asks for.
+exec mariadbd --user=mysql --bind-address=127.0.0.1 --skip-name-resolve \
+    --loose-innodb-snapshot-isolation=OFF --innodb-lock-wait-timeout=900

@@ -53,15 +53,6 @@ BREAKS: dict[str, tuple[str, list[list[str]], list[list[str]], str]] = {
 OPEN_RELAY = ["postconf", "-e", "inet_interfaces = all", "mynetworks = 0.0.0.0/0"]
 
 
-# OpenHPC 4.x (sid: Slurm 26.05, MariaDB 11.8): slurmdbd does not reach MariaDB in the
-# lab yet, so the 4.1 lab is not green; these tests stay written and skip until it is.
-LAB_41 = pytest.mark.skip(reason="4.1 lab not green yet: slurmdbd cannot reach MariaDB 11.8 (open in issue 3)")
-
-
-def _lab_param(release: str, *rest: str):
-    return pytest.param(release, *rest, marks=LAB_41) if release == "4.1" else (release, *rest)
-
-
 @pytest.fixture(scope="module")
 def lab(request, apptainer, project: Project) -> Iterator[Lab]:
     """A green lab of the release (the test's parameter), named apart from `smsctl verify`'s own."""
@@ -86,7 +77,7 @@ def _fails_naming(outcome: Outcome, service: str, probe: str) -> None:
     assert all(r.detail for r in failed)
 
 
-@pytest.mark.parametrize("lab,service", [_lab_param(v[0], k) for k, v in sorted(BREAKS.items())],
+@pytest.mark.parametrize("lab,service", [(v[0], k) for k, v in sorted(BREAKS.items())],
                          indirect=["lab"])
 def test_a_broken_service_fails_its_probe(lab: Lab, service: str) -> None:
     _, breaks, repair, probe = BREAKS[service]
@@ -122,7 +113,7 @@ def _pid(lab: Lab, program: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-@pytest.mark.parametrize("lab,program", [("3.5", "slurmctld"), ("3.5", "munge"), _lab_param("4.1", "slurmdbd")],
+@pytest.mark.parametrize("lab,program", [("3.5", "slurmctld"), ("3.5", "munge"), ("4.1", "slurmdbd")],
                          indirect=["lab"])
 def test_supervisor_restarts_a_killed_daemon(lab: Lab, program: str) -> None:
     deadline = time.monotonic() + 30  # an earlier test may have just restarted it
