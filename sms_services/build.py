@@ -24,7 +24,7 @@ from .errors import UserError
 from .project import Project
 from .release import Variant
 from .render import render
-from .signing import build_key, sign
+from .signing import build_key, build_signer, sign
 
 MIN_FREE_GIB = float(os.environ.get("SMS_MIN_FREE_GIB", "3"))
 
@@ -168,7 +168,11 @@ class Builder:
         reused = self._reuse(target, final_key)
         if reused is not None:
             self.say(f"final image: unchanged inputs, kept {target.name}")
-            if not reused.signer:  # an image from before builds were signed
+            # Unsigned (from before builds were signed), or signed by another build key
+            # (the config dir was replaced): sign again, or verify would refuse it.
+            # The record's sha256 already proved the bytes are the ones built here.
+            if not reused.signer or (reused.signer.startswith("build (")
+                                     and reused.signer != str(build_signer())):
                 reused.signer = str(sign(self.apptainer, target, build_key()))
                 reused.sha256, reused.size = self.record_signature(target, reused.signer)
             reused.seconds = round(time.monotonic() - start, 1)

@@ -45,6 +45,13 @@ def build_key() -> Path:
     return prefix
 
 
+def build_signer() -> Signer:
+    """How a signature by this host's current build key is recorded."""
+    private, public = key_files(build_key())
+    pub = load_public(private)
+    return Signer(public.stem, fingerprint(pub), describe(pub))
+
+
 @dataclass(frozen=True)
 class Signer:
     """Who vouches for an image: the trusted key or certificate that verified it."""

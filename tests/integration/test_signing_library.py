@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from sms_services import cli
-from sms_services.build import Builder, sha256_file, sif_path
+from sms_services.build import Builder, sha256_file
 from sms_services.errors import UserError
 from sms_services.library import DirectoryLibrary
 from sms_services.project import Project
 from sms_services.signing import Trust, check, content_digest, signatures, sif_objects
-from sms_services.verify import open_lab
+from sms_services.verify import open_lab, prepare_images
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def built_sif(apptainer, project: Project) -> Path:
-    variant = project.matrix.get("3.5").variant()
-    path = sif_path(project, variant)
-    Builder(project, apptainer).build(variant)
-    return path
+    # Both images, with this host's build key, before any test swaps the config dir:
+    # open_lab would otherwise build the compute image with a throwaway key.
+    sms, _ = prepare_images(project, apptainer, "3.5", None, say=lambda s: None)
+    return sms
 
 
 @pytest.fixture
@@ -125,6 +125,21 @@ def test_build_signs_with_the_build_key_and_verify_trusts_only_that_and_release_
     assert signer is not None and signer.name == "build"
     with pytest.raises(UserError, match="no trusted key"):
         check(apptainer, built_sif, Trust.release([]))  # production trust does not include the build key
+
+
+def test_a_kept_image_follows_the_hosts_build_key(apptainer, built_sif: Path, project: Project,
+                                                   monkeypatch, tmp_path: Path) -> None:
+    """A replaced config dir (new build key) must not leave build/ images that verify refuses."""
+    variant = project.matrix.get("3.5").variant()
+    monkeypatch.setenv("SMS_CONFIG_DIR", str(tmp_path / "other-host"))
+    with pytest.raises(UserError, match="not by a trusted key"):
+        check(apptainer, built_sif, Trust.candidate())
+    assert Builder(project, apptainer).build(variant).layers["final"] == "cached"
+    assert check(apptainer, built_sif, Trust.candidate()).fingerprint == \
+        check(apptainer, built_sif, Trust(keys=[tmp_path / "other-host/keys/build.pub"])).fingerprint
+    monkeypatch.undo()  # back to this host's key: kept again, signed again
+    Builder(project, apptainer).build(variant)
+    assert check(apptainer, built_sif, Trust.candidate()).name == "build"
 
 
 def test_sign_only_what_verify_passed(apptainer, capsys, sif: Path, tmp_path: Path) -> None:
