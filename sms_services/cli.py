@@ -496,6 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("tag")
     k.set_defaults(func=cmd_library)
 
+    from .cli_upgrade import add_parsers
+
+    add_parsers(sub, trust_args)
+
     s = sub.add_parser("manifest", help="print the package manifest embedded in a SIF")
     s.add_argument("sif")
     s.set_defaults(func=cmd_manifest)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from .apptainer import Apptainer, last_line
 from .errors import UserError
 from .fragment import Fragment
-from .overlay import create_overlay
+from .overlay import create_overlay, loop_device, read_overlay_file
 from .site import Site, render_site
 
 APPTAINER_CONF = Path("/etc/apptainer/apptainer.conf")
@@ -87,6 +87,10 @@ class Lab:
     _instances: list[str] = field(default_factory=list)
     _mgmt: subprocess.Popen | None = None
     _mgmt_users: int = 0
+    # An existing overlay to start SMS-services on (a rehearsal's copy of a live
+    # one); None: a scratch overlay seeded from the site file.
+    sms_overlay: Path | None = None
+    host: str = ""  # the network namespace ("infrastructure host") SMS-services runs in
 
     # --- addresses, from the site file -------------------------------------------
     @property
@@ -227,7 +231,9 @@ class Lab:
     def _seed_mgmt(self) -> None:
         """What SMS-mgmt's Warewulf serves: accounts (the image's plus cluster users),
         slurm.conf and the munge key, as an OpenHPC SMS syncs them to its nodes."""
-        self.munge_key = secrets.token_bytes(1024)
+        # A live overlay brings its cluster's key: the lab's nodes must share it.
+        self.munge_key = (read_overlay_file(self.sms_overlay, "/etc/munge/munge.key") if self.sms_overlay
+                          else secrets.token_bytes(1024))
         self.passwd = self._image_file("/etc/passwd")
         self.group = self._image_file("/etc/group")
         self.shadow = self._image_file("/etc/shadow")
@@ -277,14 +283,14 @@ class Lab:
 
     # --- instances ------------------------------------------------------------------
     def _start_instance(self, sif: Path, instance: str, hostname: str, overlay: Path, caps: list[str],
-                        nets: list[tuple[str, str, str | None]], extra: list[str]) -> None:
+                        nets: list[tuple[str, str, str | None]], extra: list[str], netns: str = "") -> None:
         names = ",".join(n for n, _, _ in nets)
         args = []
         for net, ip, mac in nets:
             args += ["--network-args", f"{net}:IP={ip}" + (f";MAC={mac}" if mac else "")]
         # nsenter, not `ip netns exec`: the latter remounts /sys, hiding the cgroup
         # hierarchy slurmd needs; only the network namespace is wanted here.
-        cmd = [*(os.environ.get("SMS_LAB_ENTER") or f"nsenter --net=/run/netns/{self.name}").split(), self.apptainer.binary, "instance", "start",
+        cmd = [*(os.environ.get("SMS_LAB_ENTER") or f"nsenter --net=/run/netns/{netns or self.name}").split(), self.apptainer.binary, "instance", "start",
                "--no-privs", *(["--add-caps", ",".join(caps)] if caps else []),
                "--net", "--network", names, *args, "--hostname", hostname, "--overlay", str(overlay),
                "--contain", "--scratch", "/run", "--bind", f"{self.work}/hosts:/etc/hosts",
@@ -295,21 +301,53 @@ class Lab:
             raise UserError(f"lab: instance {instance} did not start: {last_line(proc.stderr)}")
         self._instances.append(instance)
 
+    def site_file_modes(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+        """Owners and modes of the site files that are secrets."""
+        return ({"/etc/munge/munge.key": self.munge_ids},
+                {"/etc/munge/munge.key": 0o400, "/etc/slurm/slurmdbd.conf": 0o600})
+
     def _start_sms(self) -> None:
-        files = dict(self.site_files)
-        files["/etc/munge/munge.key"] = self.munge_key
-        overlay = self.work / "sms-overlay.img"
-        create_overlay(overlay, files, size_mib=int(os.environ.get("SMS_LAB_OVERLAY_MIB", "256")),
-                       owners={"/etc/munge/munge.key": self.munge_ids},
-                       modes={"/etc/munge/munge.key": 0o400, "/etc/slurm/slurmdbd.conf": 0o600})
+        if self.sms_overlay is None:
+            files = dict(self.site_files)
+            files["/etc/munge/munge.key"] = self.munge_key
+            self.sms_overlay = self.work / "sms-overlay.img"
+            owners, modes = self.site_file_modes()
+            create_overlay(self.sms_overlay, files, size_mib=int(os.environ.get("SMS_LAB_OVERLAY_MIB", "256")),
+                           owners=owners, modes=modes)
+        self.timings["sms_instance_start_s"] = self.start_sms(self.sms_sif)
+
+    def start_sms(self, sif: Path, *, host: str = "") -> float:
+        """Start SMS-services from ``sif`` on the lab's overlay, on ``host`` (a namespace from
+        ``add_host``; default the lab's own), with the same addresses; seconds it took."""
         mac = "02:00:" + ":".join(f"{int(x):02x}" for x in self.sms_ip.split("."))
+        assert self.sms_overlay is not None
         t = time.monotonic()
-        self._start_instance(self.sms_sif, self.sms_instance, str(self.site.values["sms_hostname"]), overlay,
-                             caps_of(self.sms_fragments),
+        self._start_instance(sif.resolve(), self.sms_instance, str(self.site.values["sms_hostname"]),
+                             self.sms_overlay, caps_of(self.sms_fragments),
                              [(f"{self.name}-prov", f"{self.sms_ip}/{self.prefix}", mac),
-                              (f"{self.name}-pub", f"{self.sms_public_ip}/{self.public_prefix}", None)], [])
-        self.timings["sms_instance_start_s"] = round(time.monotonic() - t, 2)
+                              (f"{self.name}-pub", f"{self.sms_public_ip}/{self.public_prefix}", None)], [],
+                             netns=host)
+        self.sms_sif, self.host = sif.resolve(), host
         self.sms_started_at = time.monotonic()
+        return round(self.sms_started_at - t, 2)
+
+    def add_host(self, suffix: str = "b") -> str:
+        """A second infrastructure host: a namespace with its own bridges, cabled to the
+        lab's (as a second server on the same switches), seeing the same overlay file
+        (as shared storage would). Returns the namespace to give ``start_sms``."""
+        ns = f"{self.name}-host{suffix}"
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        for net in ("p", "u"):
+            # Same bridge names as the lab's: the lab's CNI configs work unchanged there.
+            bridge, uplink = f"{self.name}-{net}", f"{self.name}{suffix}{net}"
+            _run(["ip", "-n", ns, "link", "add", bridge, "type", "bridge"])
+            _run(["ip", "-n", self.name, "link", "add", uplink, "type", "veth", "peer", "name", f"up{net}",
+                  "netns", ns])
+            _run(["ip", "-n", self.name, "link", "set", uplink, "master", bridge, "up"])
+            _run(["ip", "-n", ns, "link", "set", f"up{net}", "master", bridge, "up"])
+            _run(["ip", "-n", ns, "link", "set", bridge, "up"])
+        return ns
 
     def _start_nodes(self) -> None:
         for node in self.site.values.get("nodes", []):
@@ -357,11 +395,61 @@ class Lab:
         return _mine(self.name, _instances(self.apptainer))
 
     def stop_sms(self) -> float:
-        """Stop the SMS-services instance; seconds it took."""
+        """Stop the SMS-services instance; seconds it took.
+
+        Done when the container's processes are gone and its overlay is released.
+        Apptainer's starter lingers for 1.5 s more, and `apptainer instance stop`
+        returns only after it: waiting for them would add that to every cutover's gap.
+        """
         t = time.monotonic()
-        _run([self.apptainer.binary, "instance", "stop", "-t", "10", self.sms_instance], check=False, timeout=60)
-        self._instances.remove(self.sms_instance)
+        pids = [p for p in self._instance_pids(self.sms_instance) if _comm(p) != "starter"]
+        stopper = subprocess.Popen([self.apptainer.binary, "instance", "stop", "-t", "10", self.sms_instance],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        while stopper.poll() is None and (any(Path(f"/proc/{p}").exists() for p in pids)
+                                          or (self.sms_overlay and loop_device(self.sms_overlay))):
+            time.sleep(0.02)
+        self._procs.append(stopper)  # reaped at teardown if still polling
+        if self.sms_instance in self._instances:
+            self._instances.remove(self.sms_instance)
         return round(time.monotonic() - t, 2)
+
+    def _instance_pids(self, instance: str) -> list[int]:
+        """Every process of ``instance``, its Apptainer starter first."""
+        res = self.apptainer.run(["instance", "list", "--json", instance], timeout=30)
+        pids = [i["pid"] for i in json.loads(res.stdout or "{}").get("instances", [])]
+        if not pids:
+            return []
+        tree = _run(["pstree", "-p", "-T", str(pids[0])], check=False).stdout
+        found = [int(p) for p in re.findall(r"\((\d+)\)", tree)]
+        stat = Path(f"/proc/{pids[0]}/stat").read_text()
+        starter = int(stat.rsplit(")", 1)[1].split()[1])
+        if _comm(starter) == "starter":
+            found.insert(0, starter)
+        return found
+
+    def kill_sms(self) -> None:
+        """Power loss: SIGKILL to every process of the SMS-services instance at once."""
+        victims = self._instance_pids(self.sms_instance)
+        if not victims:
+            raise UserError(f"lab: instance {self.sms_instance} is not running")
+        for pid in victims:  # the starter too: nothing may exit cleanly
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (any(Path(f"/proc/{p}").exists() for p in victims)
+                                               or (self.sms_overlay and loop_device(self.sms_overlay))):
+            time.sleep(0.05)
+        if self.sms_instance in self._instances:
+            self._instances.remove(self.sms_instance)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _instances(apptainer: Apptainer) -> list[str]:

@@ -75,7 +75,7 @@ def probe_services(lab: Lab, *, only: set[str] | None = None, skip: set[str] = f
 @contextmanager
 def open_lab(project: Project, apptainer: Apptainer, release: str, *, sif: Path | None = None,
              site_path: Path | None = None, name: str = "", trust: Trust | None = None,
-             say: Callable[[str], None] = lambda s: None) -> Iterator[Lab]:
+             overlay: Path | None = None, say: Callable[[str], None] = lambda s: None) -> Iterator[Lab]:
     """A running lab cluster for ``release``, torn down when the block ends (however it ends).
 
     Nothing starts that its trust refuses: unsigned, untrusted or tampered images
@@ -91,7 +91,8 @@ def open_lab(project: Project, apptainer: Apptainer, release: str, *, sif: Path 
     site = load_site(site_path or project.root / "overlays/lab/site.yaml", sms_frags,
                      list(project.fragments.values()))
     lab = Lab(release, sms_sif, compute_sif, site, sms_frags, project.ordered(variant, "compute"), apptainer,
-              rel.wwclient_protocol, say=say, name=name, signer=str(signer) if signer else "UNSIGNED")
+              rel.wwclient_protocol, say=say, name=name, signer=str(signer) if signer else "UNSIGNED",
+              sms_overlay=overlay)
     with lab:
         yield lab
 

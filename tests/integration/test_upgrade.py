@@ -1,0 +1,245 @@
+"""Upgrades without downtime: cutover, rollback, move, power loss, backup and rehearsal.
+
+Real Slurm throughout: batch jobs run on the lab's compute nodes while the
+controller under them is replaced, and must finish with exit 0 and their output.
+One 3.5 lab serves the module; the tests run in file order and each leaves it
+green, but the last: after running a restored (older) state against the same
+nodes, the live controller and the nodes disagree about jobs for a while.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sms_services import cli
+from sms_services.backup import backup, check_backup, restore
+from sms_services.cutover import cutover
+from sms_services.errors import UserError
+from sms_services.lab import Lab
+from sms_services.project import Project
+from sms_services.rehearse import rehearse
+from sms_services.signing import Trust, build_key, sign, signatures
+from sms_services.verify import open_lab, prepare_images, probe_services
+
+pytestmark = pytest.mark.integration
+TRUST = Trust.candidate  # the lab's images are build-signed candidates
+
+
+@pytest.fixture(scope="module")
+def lab(apptainer, project: Project) -> Iterator[Lab]:
+    with open_lab(project, apptainer, "3.5", name="smsup35") as lab:
+        outcome = probe_services(lab, ready_timeout=90)
+        assert outcome.ok, outcome.failed
+        yield lab
+
+
+def submit(lab: Lab, seconds: int, tag: str) -> str:
+    """A batch job on c1 that sleeps, then writes its tag to its output."""
+    rc, out, err = lab.on_node("c1", ["sbatch", "--parsable", "-w", "c1", "-o", f"/tmp/{tag}.out", "--wrap",
+                                      f"sleep {seconds}; echo {tag}-finished"])
+    assert rc == 0, err
+    return out.strip()
+
+
+def finished_ok(lab: Lab, job: str, tag: str, timeout: float = 90) -> str:
+    """Wait for ``job``; '' when it completed with exit 0 and its output, else what went wrong."""
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        rc, out, _ = lab.on_sms(["scontrol", "-o", "show", "job", job])
+        state = out
+        if "JobState=COMPLETED" in out:
+            break
+        if any(f"JobState={s}" in out for s in ("FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT")):
+            return f"job {job}: {out[:300]}"
+        time.sleep(1)
+    else:
+        return f"job {job} did not finish: {state[:300]}"
+    if "ExitCode=0:0" not in state:
+        return f"job {job} exit code: {state[:300]}"
+    rc, out, err = lab.on_node("c1", ["cat", f"/tmp/{tag}.out"])
+    return "" if out.strip() == f"{tag}-finished" else f"job {job} output: {out!r} {err!r}"
+
+
+def node_states(lab: Lab) -> dict[str, str]:
+    rc, out, _ = lab.on_sms(["sinfo", "-h", "-N", "-o", "%N %t"])
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def test_same_release_cutover_keeps_a_running_job(lab: Lab, project: Project) -> None:
+    first = submit(lab, 1, "history")
+    assert finished_ok(lab, first, "history") == ""
+    job = submit(lab, 20, "during-cutover")
+    time.sleep(2)
+    nodes = node_states(lab)
+    report = cutover(lab, project, lab.sms_sif, trust=TRUST(), deadline=90)
+    assert report.ok and not report.rolled_back, report.reasons
+    assert report.gap_s is not None and report.gap_s < 300  # nodes give up after ~300 s
+    assert finished_ok(lab, job, "during-cutover") == ""
+    rc, out, _ = lab.on_sms(["squeue", "-h", "-t", "all", "-o", "%i %T"])
+    assert f"{first} COMPLETED" in out  # the queue's history came along
+    assert set(node_states(lab)) == set(nodes)
+
+
+def test_untrusted_or_unsigned_image_is_refused_before_anything_stops(
+        apptainer, lab: Lab, project: Project, tmp_path: Path) -> None:
+    unsigned = tmp_path / "unsigned.sif"
+    shutil.copyfile(lab.sms_sif, unsigned)
+    for obj in signatures(apptainer, unsigned):
+        subprocess.run(["apptainer", "sif", "del", str(obj), str(unsigned)], check=True)
+    before = lab._instance_pids(lab.sms_instance)
+    with pytest.raises(UserError, match="not signed"):
+        cutover(lab, project, unsigned, trust=TRUST())
+    with pytest.raises(UserError, match="no trusted key|not by a trusted key"):
+        cutover(lab, project, lab.sms_sif, trust=Trust.release([]))
+    assert lab._instance_pids(lab.sms_instance) == before  # the running instance was never touched
+
+
+@pytest.fixture(scope="module")
+def broken_sif(apptainer, lab: Lab, tmp_path_factory) -> Path:
+    """The same image with chronyd made unrunnable: a service that fails its probe."""
+    work = tmp_path_factory.mktemp("broken")
+    (work / "broken.def").write_text(f"Bootstrap: localimage\nFrom: {lab.sms_sif}\n\n"
+                                     "%post\n    chmod a-x /usr/sbin/chronyd\n")
+    sif = work / "broken.sif"
+    res = apptainer.run(["build", *apptainer.build_flags, str(sif), str(work / "broken.def")], timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    sign(apptainer, sif, build_key())
+    return sif
+
+
+def test_cutover_to_a_broken_image_rolls_back_and_the_job_finishes(
+        lab: Lab, project: Project, broken_sif: Path) -> None:
+    old = lab.sms_sif
+    job = submit(lab, 15, "during-rollback")
+    report = cutover(lab, project, broken_sif, trust=TRUST(), deadline=15)
+    assert not report.ok and report.rolled_back
+    assert any("chrony" in r for r in report.reasons), report.reasons
+    assert lab.sms_sif == old
+    rollback = [r for r in report.results if r.phase == "rollback"]
+    assert rollback and all(r.ok for r in rollback), [r.detail for r in rollback if not r.ok]
+    assert finished_ok(lab, job, "during-rollback") == ""
+
+
+def test_move_to_a_second_host_keeps_a_running_job(lab: Lab, project: Project) -> None:
+    job = submit(lab, 15, "during-move")
+    host = lab.add_host("b")
+    report = cutover(lab, project, lab.sms_sif, trust=TRUST(), host=host, deadline=90)
+    assert report.ok, report.reasons
+    assert lab.host == host and lab.running_instances().count(lab.sms_instance) == 1
+    # It really runs there: its interfaces live behind host b's bridges.
+    ip = subprocess.run(["ip", "-n", host, "-o", "link", "show", "master", f"{lab.name}-p"],
+                        capture_output=True, text=True).stdout
+    assert "veth" in ip or "@" in ip, ip
+    assert finished_ok(lab, job, "during-move") == ""
+    back = cutover(lab, project, lab.sms_sif, trust=TRUST(), host="", deadline=90)
+    assert back.ok and lab.host == ""
+
+
+def test_power_loss_restart_keeps_slurm_state(lab: Lab) -> None:
+    done = submit(lab, 1, "before-power-loss")
+    assert finished_ok(lab, done, "before-power-loss") == ""
+    running = submit(lab, 20, "across-power-loss")
+    time.sleep(6)  # slurmctld has written its state (it does within seconds of a change)
+    lab.kill_sms()
+    assert lab.sms_instance not in lab.running_instances()
+    lab.start_sms(lab.sms_sif)
+    assert finished_ok(lab, running, "across-power-loss") == ""
+    rc, out, _ = lab.on_sms(["squeue", "-h", "-t", "all", "-o", "%i"])
+    assert done in out.split()
+    outcome = probe_services(lab, ready_timeout=90, phase="after-kill")
+    assert outcome.ok, outcome.failed
+    nxt = submit(lab, 0, "after-power-loss")
+    assert int(nxt) > int(running)  # job ids continue: the state was loaded, not reset
+
+
+def test_rehearsal_says_no_go_for_a_step_slurm_does_not_allow(
+        apptainer, lab: Lab, project: Project, capsys) -> None:
+    old, _ = prepare_images(project, apptainer, "3.0", None, say=lambda s: None)  # Slurm 22.05
+    rc = cli.main(["rehearse", "--candidate", "--from", str(old), "--to", str(lab.sms_sif),
+                   "--overlay", str(lab.sms_overlay)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "NO-GO" in err
+    assert "22.05 -> 24.11 skips 3 major release(s)" in err, err
+
+
+def test_rehearsal_on_a_copy_of_the_live_overlay_says_go(apptainer, lab: Lab, project: Project) -> None:
+    job = submit(lab, 1, "before-rehearsal")
+    assert finished_ok(lab, job, "before-rehearsal") == ""
+    time.sleep(6)  # slurmctld writes its state within seconds, not at once
+    report = rehearse(project, apptainer, lab.sms_sif, lab.sms_overlay, old_sif=lab.sms_sif, trust=TRUST(),
+                      name="smsreh")
+    assert report.go, report.reasons
+    assert job in report.jobs_before and job in report.jobs_after
+    assert report.nodes_after == report.nodes_before == ["c1", "c2"]
+    assert report.cutover["ok"] and report.cutover["gap_s"] is not None
+    assert probe_services(lab, ready_timeout=30).ok  # the live lab never noticed
+
+
+def test_backup_under_load_restores_into_a_fresh_instance(lab: Lab, tmp_path: Path) -> None:
+    submitted: list[str] = []
+    stop = threading.Event()
+
+    def keep_submitting() -> None:
+        while not stop.is_set():
+            rc, out, _ = lab.on_node("c2", ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true"])
+            if rc == 0:
+                submitted.append(out.strip())
+
+    load = threading.Thread(target=keep_submitting)
+    load.start()
+    try:
+        time.sleep(3)
+        early = list(submitted)
+        time.sleep(6)  # slurmctld writes its state within seconds of a change, not at once
+        b = backup(lab.sms_overlay, tmp_path / "backups", keep=2)
+        time.sleep(2)
+    finally:
+        stop.set()
+        load.join()
+    assert early, "no job was submitted before the backup"
+    assert b.frozen_s < 5 and b.stored_bytes < b.overlay_bytes
+    for _ in range(3):
+        b = backup(lab.sms_overlay, tmp_path / "backups", keep=2)  # (later ones hold every earlier job too)
+    assert len(list((tmp_path / "backups").glob("*.img"))) == 2  # retention
+
+    # A corrupted backup is refused and leaves the target alone.
+    bad = tmp_path / "bad.img"
+    shutil.copyfile(b.image, bad)
+    shutil.copyfile(b.record, tmp_path / "bad.img.json")
+    with open(bad, "r+b") as fh:
+        fh.seek(1_100_000)
+        fh.write(b"\xff" * 16)
+    target = tmp_path / "restored.img"
+    with pytest.raises(UserError, match="CORRUPTED"):
+        restore(bad, target)
+    assert not target.exists()
+
+    # A fresh instance on the restored overlay has every job the controller had saved.
+    assert cli.main(["restore", b.image, "--overlay", str(target)]) == 0
+    check_backup(Path(b.image))
+    lab.stop_sms()
+    live = lab.sms_overlay
+    lab.sms_overlay = target
+    try:
+        lab.start_sms(lab.sms_sif)
+        # The restored controller remembers jobs as running that the nodes finished
+        # long ago; until it has reconciled them the nodes are not idle, so new jobs
+        # are not what is checked here, the state is.
+        outcome = probe_services(lab, ready_timeout=90, phase="restored",
+                                 skip={"slurm-nodes-idle", "slurm-srun", "slurm-sbatch", "slurm-job-mail"})
+        assert outcome.ok, outcome.failed
+        rc, out, _ = lab.on_sms(["squeue", "-h", "-t", "all", "-o", "%i"])
+        ids = set(out.split())
+        assert set(early) <= ids, sorted(set(early) - ids)
+    finally:
+        lab.stop_sms()
+        lab.sms_overlay = live
+        lab.start_sms(lab.sms_sif)  # (last test: the live state now lags the detour, see the module doc)

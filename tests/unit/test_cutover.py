@@ -1,0 +1,33 @@
+"""The service gap and the Slurm step rules of a cutover, without root."""
+
+from sms_services.cutover import outages, step_reasons
+
+
+def test_the_gap_runs_from_the_last_answer_to_the_next() -> None:
+    samples = [(1.0, True), (2.0, True), (2.5, False), (3.0, False), (4.2, True), (5.0, False), (5.5, True)]
+    assert outages(samples, since=1.5) == [2.2, 1.3]
+
+
+def test_no_outage_and_no_return_are_told_apart() -> None:
+    assert outages([(1.0, True), (2.0, True)], since=1.5) == []
+    assert outages([(1.0, True), (2.0, False)], since=1.5) is None
+
+
+def label(version: str) -> dict[str, str]:
+    return {"sms-services.slurm.installed": version}
+
+
+def test_slurm_steps() -> None:
+    assert step_reasons(label("24.11.5"), label("26.05.5"), "24.11.5") == []
+    assert step_reasons(label("24.11.5"), label("24.11.5"), "24.11.5") == []
+    (why,) = step_reasons(label("22.05.8"), label("24.11.5"), "24.11.5")
+    assert "22.05 -> 24.11 skips 3 major release(s)" in why
+    (why,) = step_reasons(label("26.05.5"), label("24.11.5"), "24.11.5")
+    assert "cannot move backwards" in why
+    (why,) = step_reasons(label("24.11.5"), label("24.11.5"), "26.05.1")
+    assert "slurmd 26.05" in why and "does not serve" in why
+
+
+def test_unknown_versions_are_a_reason_not_a_crash() -> None:
+    (why,) = step_reasons({}, label("24.11.5"), "")
+    assert "cannot be compared" in why
