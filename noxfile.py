@@ -103,6 +103,17 @@ def publish(session: nox.Session) -> None:
 
 
 @nox.session
+def rehearse(session: nox.Session) -> None:
+    """Go/no-go for a cutover: nox -s rehearse -- --from OLD --to NEW --overlay LIVE [smsctl rehearse options].
+
+    Writes results/rehearse.json; exits non-zero on a no-go, naming each reason.
+    """
+    if not session.posargs:
+        session.error("give --from OLD --to NEW --overlay LIVE (see smsctl rehearse --help)")
+    session.run("smsctl", "rehearse", "--json", "results/rehearse.json", *session.posargs, external=True)
+
+
+@nox.session
 def render(session: nox.Session) -> None:
     """Print a release's definition: nox -s render -- [RELEASE]."""
     session.run("smsctl", "render", "--release", _release(session), external=True)
@@ -136,6 +147,6 @@ def unit(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Measure build time, SIF size and verify timings (lab up, start to green, stop); writes results/bench.json."""
+    """Measure builds, SIF size, verify timings, cutover gaps (10), rehearsal and backup: results/bench.json."""
     session.run("python", "-m", "sms_services.bench", "--release", _release(session),
                 "--out", "results/bench.json", external=True)

@@ -1,4 +1,4 @@
-"""Benchmark: cold, warm and incremental build time, SIF size and verify timings, as JSON.
+"""Benchmark: build times, SIF size, verify timings, cutover gaps, rehearsal and backup, as JSON.
 
 Cold uses an empty layer cache (everything bootstrapped and downloaded), warm
 repeats the build with nothing changed, incremental changes one fragment's run
@@ -40,6 +40,52 @@ def _timed_verify(project: Project, apptainer: Apptainer, release: str) -> dict:
             "sms_instance_stop_s": t.get("sms_instance_stop_s"), "teardown_s": t.get("teardown_s")}
 
 
+def _timed_upgrade(project: Project, apptainer: Apptainer, release: str, cutovers: int = 10) -> dict:
+    """Cutover service gaps (same image; every probe after each), a rehearsal, backups.
+
+    (No job is kept running across them: slurm-nodes-idle would fail every cutover.
+    The integration tests prove jobs survive.)"""
+    import statistics
+
+    from .backup import backup
+    from .cutover import cutover
+    from .rehearse import rehearse
+    from .signing import Trust
+    from .verify import open_lab, probe_services
+
+    work = Path(tempfile.mkdtemp(prefix="sms-bench-upgrade-"))
+    try:
+        with open_lab(project, apptainer, release, name="smsbench") as lab:
+            if not probe_services(lab).ok:
+                raise UserError(f"bench: release {release} is not green in the lab; run smsctl verify {release}")
+            reports = [cutover(lab, project, lab.sms_sif, trust=Trust.candidate()) for _ in range(cutovers)]
+            gaps = [r.gap_s for r in reports if r.gap_s is not None]
+            t = time.monotonic()
+            copies = [backup(lab.sms_overlay, work / "backups", keep=3) for _ in range(3)]
+            backup_s = (time.monotonic() - t) / len(copies)
+            t = time.monotonic()
+            rehearsal = rehearse(project, apptainer, lab.sms_sif, lab.sms_overlay, old_sif=lab.sms_sif,
+                                 trust=Trust.candidate(), name="smsbenchr")
+            rehearse_s = time.monotonic() - t
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "cutovers": len(reports), "all_green": all(r.ok for r in reports),
+        "never_answered_again": len(reports) - len(gaps),
+        "service_gap_median_s": round(statistics.median(gaps), 2) if gaps else None,
+        "service_gap_max_s": max(gaps) if gaps else None,
+        "service_gaps_s": gaps,
+        "stop_median_s": round(statistics.median(r.stop_s for r in reports), 2),
+        "start_median_s": round(statistics.median(r.start_s for r in reports), 2),
+        "green_after_start_median_s": round(statistics.median(r.green_s for r in reports), 2),
+        "rehearsal_s": round(rehearse_s, 1), "rehearsal_go": rehearsal.go,
+        "backup_s": round(backup_s, 3), "backup_writes_held_s": max(b.frozen_s for b in copies),
+        "backup_stored_mib": round(copies[-1].stored_bytes / 2**20, 2),
+        "overlay_used_mib": round(copies[-1].used_bytes / 2**20, 2),
+        "overlay_size_mib": round(copies[-1].overlay_bytes / 2**20, 1),
+    }
+
+
 def run(release: str, out_file: Path) -> dict:
     root = find_root()
     apptainer = Apptainer.find()
@@ -65,6 +111,7 @@ def run(release: str, out_file: Path) -> dict:
         "build": {"cold": cold, "warm": warm, "incremental_one_fragment": incremental},
         "sif_size_mib": round(cold["size_bytes"] / 2**20, 1),
         "verify": _timed_verify(project, apptainer, release),
+        "upgrade": _timed_upgrade(project, apptainer, release),
     }
     out_file.parent.mkdir(parents=True, exist_ok=True)
     # Other benchmarks (verify, cutover) add their own keys to the same file.

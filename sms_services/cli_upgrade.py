@@ -41,6 +41,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
                       site_path=Path(args.site) if args.site else None,
                       say=lambda s: err_console.print(f"[bold]rehearse[/bold] {s}"))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     cut = report.cutover
     if cut:

@@ -134,6 +134,31 @@ def step_reasons(old: dict[str, str], new: dict[str, str], node_slurmd: str) -> 
     return reasons
 
 
+def id_maps(old: tuple[str, str, str], new: tuple[str, str, str]) -> tuple[dict[int, int], dict[int, int]]:
+    """Old id -> new id, for the accounts both images have under the same name."""
+    def ids(text: str) -> dict[str, int]:
+        return {f[0]: int(f[2]) for f in (line.split(":") for line in text.splitlines()) if len(f) > 2}
+
+    maps = []
+    for a, b in ((ids(old[0]), ids(new[0])), (ids(old[1]), ids(new[1]))):
+        maps.append({a[n]: b[n] for n in a.keys() & b.keys() if a[n] != b[n]})
+    return maps[0], maps[1]
+
+
+def _carry_over(lab: Lab, new_sif: Path, new_frags, new_release: str,
+                accounts: tuple[str, str, str] | None) -> list[str]:
+    """A new release on an old overlay: its site files, its account numbers, owners to match."""
+    assert lab.sms_overlay is not None and accounts is not None
+    remap = id_maps((lab.passwd, lab.group, lab.shadow), accounts)
+    files = render_site(lab.site, new_frags, new_release)
+    files.update(lab.adopt_accounts(*accounts))
+    owners, modes = lab.site_file_modes()
+    groups = {f[0]: int(f[2]) for f in (line.split(":") for line in accounts[1].splitlines()) if len(f) > 2}
+    owners["/etc/shadow"] = (0, groups.get("shadow", 0))
+    modes["/etc/shadow"] = 0o640
+    return write_overlay_files(lab.sms_overlay, files, owners=owners, modes=modes, remap=remap)
+
+
 def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline: float = 120,
             host: str | None = None, node_slurmd: str = "", rollback: bool = True,
             say: Callable[[str], None] = lambda s: None,
@@ -164,6 +189,8 @@ def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline
     new_frags = project.ordered(project.matrix.get(new_release).variant("debian"))
     report = CutoverReport(str(old_sif), str(new_sif), old_release, new_release,
                            host if host is not None else old_host, signer=str(signer) if signer else "UNSIGNED")
+    # Read before the stop: the gap should not include reading the images.
+    accounts = lab.image_accounts(new_sif) if new_release != old_release else None
     watch = ControllerWatch(lab, lab.nodes[0])
     try:
         watch.wait_up()
@@ -175,9 +202,7 @@ def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline
         before = lab.work / "overlay-before-cutover.img"
         copy_overlay(lab.sms_overlay, before)
         if new_release != old_release:
-            owners, modes = lab.site_file_modes()
-            files = render_site(lab.site, new_frags, new_release)
-            report.site_files_changed = write_overlay_files(lab.sms_overlay, files, owners=owners, modes=modes)
+            report.site_files_changed = _carry_over(lab, new_sif, new_frags, new_release, accounts)
         lab.release, lab.sms_fragments = new_release, new_frags
         say(f"starting {new_sif.name}" + (f" on {report.host}" if report.host else ""))
         report.start_s = lab.start_sms(new_sif, host=report.host)

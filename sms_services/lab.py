@@ -228,6 +228,25 @@ class Lab:
             raise UserError(f"{self.sms_sif}: cannot read {path} ({last_line(res.stderr)})")
         return res.stdout
 
+    def image_accounts(self, sif: Path) -> tuple[str, str, str]:
+        """An image's own /etc/passwd, /etc/group and /etc/shadow."""
+        old, self.sms_sif = self.sms_sif, sif
+        try:
+            return self._image_file("/etc/passwd"), self._image_file("/etc/group"), self._image_file("/etc/shadow")
+        finally:
+            self.sms_sif = old
+
+    def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]:
+        """SMS-mgmt now serves these system accounts (plus the cluster's users), as an admin
+        updates Warewulf's copies after an upgrade; the files SMS-services should hold."""
+        self.passwd, self.group, self.shadow = passwd, group, shadow
+        ids = {line.split(":")[0]: line.split(":")[2:4] for line in passwd.splitlines() if line}
+        self.munge_ids = tuple(int(x) for x in ids.get("munge", ["0", "0"]))
+        self._write_mgmt_accounts(self._mgmt_accounts)
+        tree = self.work / "mgmt/etc"
+        os.chown(self.work / "mgmt/etc/munge/munge.key", *self.munge_ids)
+        return {f"/etc/{n}": (tree / n).read_text() for n in ("passwd", "group", "shadow")}
+
     def _seed_mgmt(self) -> None:
         """What SMS-mgmt's Warewulf serves: accounts (the image's plus cluster users),
         slurm.conf and the munge key, as an OpenHPC SMS syncs them to its nodes."""

@@ -134,14 +134,36 @@ def frozen(overlay: Path) -> Iterator[None]:
                 signal.signal(signal.SIGINT, old)
 
 
+def remap_owners(tree: Path, uids: dict[int, int], gids: dict[int, int]) -> int:
+    """Give every file under ``tree`` owned by an old id the new one; how many changed.
+
+    A new image may number its system accounts differently (munge, postfix,
+    _chrony...): state the old image's daemons wrote must follow the names.
+    """
+    changed = 0
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            uid, gid = uids.get(st.st_uid, st.st_uid), gids.get(st.st_gid, st.st_gid)
+            if (uid, gid) != (st.st_uid, st.st_gid):
+                os.lchown(path, uid, gid)
+                changed += 1
+    return changed
+
+
 def write_overlay_files(overlay: Path, files: dict[str, str | bytes], *,
                         owners: dict[str, tuple[int, int]] | None = None,
-                        modes: dict[str, int] | None = None) -> list[str]:
-    """Replace files in a stopped overlay's upper layer; the paths that changed."""
+                        modes: dict[str, int] | None = None,
+                        remap: tuple[dict[int, int], dict[int, int]] | None = None) -> list[str]:
+    """Replace files in a stopped overlay's upper layer (after moving owners by ``remap``,
+    old id -> new id for users and groups); the paths that changed."""
     if in_use(overlay):
         raise UserError(f"{overlay}: in use by a running instance; stop it before changing its files")
     changed = []
     with mounted(overlay) as root:
+        if remap and (remap[0] or remap[1]):
+            remap_owners(root / "upper", *remap)
         for target, content in files.items():
             dest = root / "upper" / target.lstrip("/")
             data = content if isinstance(content, bytes) else content.encode()

@@ -160,6 +160,32 @@ def test_power_loss_restart_keeps_slurm_state(lab: Lab) -> None:
     assert int(nxt) > int(running)  # job ids continue: the state was loaded, not reset
 
 
+def test_a_full_overlay_is_named_and_its_state_survives(lab: Lab, project: Project) -> None:
+    job = submit(lab, 0, "before-full")
+    assert finished_ok(lab, job, "before-full") == ""
+    # On the overlay (not /var/tmp: --contain gives the instance a private one).
+    for n, bs in enumerate(("1M", "4k")):  # until ENOSPC, to the last block
+        lab.on_sms(["dd", "if=/dev/zero", f"of=/var/spool/fill{n}", f"bs={bs}"], timeout=120)
+    try:
+        with pytest.raises(UserError, match=r"overlay .* is full"):
+            cutover(lab, project, lab.sms_sif, trust=TRUST())
+        rc, out, err = lab.on_sms(["dd", "if=/dev/zero", "of=/var/spool/one-more", "bs=1M", "count=1"])
+        assert rc != 0 and "No space" in err, (rc, err)
+    finally:
+        assert lab.on_sms(["rm", "-f", "/var/spool/fill0", "/var/spool/fill1", "/var/spool/one-more"])[0] == 0
+    after = submit(lab, 0, "after-full")
+    assert finished_ok(lab, after, "after-full") == ""
+    report = cutover(lab, project, lab.sms_sif, trust=TRUST(), deadline=90)  # state saved and loaded again
+    assert report.ok, report.reasons
+    rc, out, _ = lab.on_sms(["squeue", "-h", "-t", "all", "-o", "%i"])
+    assert {job, after} <= set(out.split())
+    lab.stop_sms()
+    fsck = subprocess.run(["e2fsck", "-fn", str(lab.sms_overlay)], capture_output=True, text=True)
+    lab.start_sms(lab.sms_sif)
+    assert fsck.returncode == 0, fsck.stdout[-500:]
+    assert probe_services(lab, ready_timeout=90).ok
+
+
 def test_rehearsal_says_no_go_for_a_step_slurm_does_not_allow(
         apptainer, lab: Lab, project: Project, capsys) -> None:
     old, _ = prepare_images(project, apptainer, "3.0", None, say=lambda s: None)  # Slurm 22.05
@@ -181,6 +207,31 @@ def test_rehearsal_on_a_copy_of_the_live_overlay_says_go(apptainer, lab: Lab, pr
     assert report.nodes_after == report.nodes_before == ["c1", "c2"]
     assert report.cutover["ok"] and report.cutover["gap_s"] is not None
     assert probe_services(lab, ready_timeout=30).ok  # the live lab never noticed
+
+
+@pytest.fixture(scope="module")
+def sif_36(apptainer, project: Project) -> Path:
+    sms, _ = prepare_images(project, apptainer, "3.6", None, say=lambda s: None)
+    return sms
+
+
+def test_rehearsal_says_go_for_24_11_to_26_05(apptainer, lab: Lab, project: Project, sif_36: Path) -> None:
+    report = rehearse(project, apptainer, sif_36, lab.sms_overlay, old_sif=lab.sms_sif, trust=TRUST(),
+                      name="smsreh")
+    assert report.go, report.reasons
+    assert report.cutover["new_release"] == "3.6" and report.nodes_after == ["c1", "c2"]
+
+
+def test_release_upgrade_24_11_to_26_05_keeps_a_running_job(lab: Lab, project: Project, sif_36: Path) -> None:
+    """Trixie's Slurm 24.11 to sid's 26.05, whose image numbers munge, postfix and chrony differently."""
+    job = submit(lab, 20, "during-upgrade")
+    time.sleep(2)
+    report = cutover(lab, project, sif_36, trust=TRUST(), deadline=120)
+    assert report.ok, report.reasons + [r.detail for r in report.results if not r.ok]
+    assert lab.release == "3.6"
+    rc, out, _ = lab.on_sms(["scontrol", "--version"])
+    assert "26.05" in out, out
+    assert finished_ok(lab, job, "during-upgrade") == ""
 
 
 def test_backup_under_load_restores_into_a_fresh_instance(lab: Lab, tmp_path: Path) -> None:

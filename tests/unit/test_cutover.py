@@ -1,6 +1,6 @@
 """The service gap and the Slurm step rules of a cutover, without root."""
 
-from sms_services.cutover import outages, step_reasons
+from sms_services.cutover import id_maps, outages, step_reasons
 
 
 def test_the_gap_runs_from_the_last_answer_to_the_next() -> None:
@@ -31,3 +31,13 @@ def test_slurm_steps() -> None:
 def test_unknown_versions_are_a_reason_not_a_crash() -> None:
     (why,) = step_reasons({}, label("24.11.5"), "")
     assert "cannot be compared" in why
+
+
+def test_accounts_follow_their_names_across_images() -> None:
+    old = ("root:x:0:0::/root:/bin/sh\nmunge:x:100:101::/:/bin/false\n_chrony:x:101:102::/:/bin/false\n",
+           "root:x:0:\nmunge:x:101:\n_chrony:x:102:\nshadow:x:42:\n", "")
+    new = ("root:x:0:0::/root:/bin/sh\nmunge:x:101:101::/:/bin/false\n_chrony:x:995:995::/:/bin/false\n"
+           "slurm:x:202:202::/:/bin/false\n", "root:x:0:\nmunge:x:101:\n_chrony:x:995:\nshadow:x:42:\n", "")
+    uids, gids = id_maps(old, new)
+    assert uids == {100: 101, 101: 995}  # munge takes chrony's old number: each file moves once
+    assert gids == {102: 995}
