@@ -72,6 +72,7 @@ class Apptainer:
         self.binary = binary
         self.flavour = flavour
         self.version = version
+        self._labels: dict[tuple[str, int, int], dict[str, str]] = {}
 
     @classmethod
     def find(cls) -> Apptainer:
@@ -140,6 +141,15 @@ class Apptainer:
         return self.run(["exec", *self.cap_flags, *(extra or []), str(image), *command], timeout=timeout)
 
     def labels(self, image: Path) -> dict[str, str]:
+        """The image's labels; asked once per version of the file (cutover, rehearse and
+        publish each want them, for the same images, several times)."""
+        st = Path(image).stat()
+        key = (str(Path(image).resolve()), st.st_mtime_ns, st.st_size)
+        if key not in self._labels:
+            self._labels[key] = self._inspect_labels(image)
+        return dict(self._labels[key])
+
+    def _inspect_labels(self, image: Path) -> dict[str, str]:
         res = self.run(["inspect", "--json", "--labels", str(image)], timeout=60)
         if res.returncode != 0:
             raise UserError(f"{image}: apptainer inspect failed ({last_line(res.stderr)})")

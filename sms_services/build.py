@@ -47,6 +47,7 @@ class BuildResult:
     labels: dict[str, str] = field(default_factory=dict)
     final_key: str = ""  # hash of the final layer's inputs: same key, same image
     signer: str = ""  # the build key at first; the release key once `smsctl sign` has signed it
+    build_key_fingerprint: str = ""  # set while the build key's signature is the image's only one
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -169,12 +170,14 @@ class Builder:
         if reused is not None:
             self.say(f"final image: unchanged inputs, kept {target.name}")
             # Unsigned (from before builds were signed), or signed by another build key
-            # (the config dir was replaced): sign again, or verify would refuse it.
-            # The record's sha256 already proved the bytes are the ones built here.
-            if not reused.signer or (reused.signer.startswith("build (")
-                                     and reused.signer != str(build_signer())):
+            # (the config dir was replaced): sign again, or verify would refuse it. A
+            # release signature is left alone. The record's sha256 already proved the
+            # bytes are the ones built here.
+            current = build_signer().fingerprint
+            if not reused.signer or (reused.build_key_fingerprint and reused.build_key_fingerprint != current):
                 reused.signer = str(sign(self.apptainer, target, build_key()))
-                reused.sha256, reused.size = self.record_signature(target, reused.signer)
+                reused.sha256, reused.size = self.record_signature(target, reused.signer,
+                                                                   build_key_fingerprint=current)
             reused.seconds = round(time.monotonic() - start, 1)
             reused.layers = {**result.layers, "final": "cached"}
             return reused
@@ -187,7 +190,8 @@ class Builder:
         try:
             self.verify_no_secrets(target, ctx.fragments)
             # "Built here, unchanged since": what lets verify start the candidate (signing.py).
-            result.signer = str(sign(self.apptainer, target, build_key()))
+            signer = sign(self.apptainer, target, build_key())
+            result.signer, result.build_key_fingerprint = str(signer), signer.fingerprint
         except BaseException:
             target.unlink(missing_ok=True)
             raise
@@ -215,7 +219,7 @@ class Builder:
             return None
 
     @staticmethod
-    def record_signature(sif: Path, signer: str) -> tuple[str, int]:
+    def record_signature(sif: Path, signer: str, *, build_key_fingerprint: str = "") -> tuple[str, int]:
         """After a re-signing: the build record follows, so the signed image counts as built.
 
         Returns the image's new (sha256, size).
@@ -228,7 +232,7 @@ class Builder:
             return sha, size
         if Path(data.get("sif", "")).resolve() != sif.resolve():
             return sha, size
-        data.update(sha256=sha, size=size, signer=signer)
+        data.update(sha256=sha, size=size, signer=signer, build_key_fingerprint=build_key_fingerprint)
         tmp = record.with_name(f".{record.name}.partial")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, record)

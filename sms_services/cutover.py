@@ -23,7 +23,7 @@ from . import slurm
 from .errors import UserError
 from .lab import Lab
 from .overlay import copy_overlay, usage, write_overlay_files
-from .probes import Result, run_all
+from .probes import Result, failed_services, run_all
 from .project import Project
 from .signing import Trust, check
 from .site import render_site
@@ -38,8 +38,7 @@ class ControllerWatch:
 
     def __init__(self, lab: Lab, node: str) -> None:
         self.log = lab.work / f"watch-{node}-{time.monotonic_ns()}.log"
-        cmd = [lab.apptainer.binary, "exec", "--no-privs", f"instance://{lab._node_info[node].instance}",
-               "/bin/sh", "-c", PING_LOOP]
+        cmd = lab.exec_command(node, ["/bin/sh", "-c", PING_LOOP])
         self._fh = open(self.log, "w")
         self._proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.DEVNULL, cwd="/",
                                       start_new_session=True)
@@ -134,27 +133,27 @@ def step_reasons(old: dict[str, str], new: dict[str, str], node_slurmd: str) -> 
     return reasons
 
 
+def _ids(text: str) -> dict[str, int]:
+    """Name -> number of a passwd or group file."""
+    return {f[0]: int(f[2]) for f in (line.split(":") for line in text.splitlines()) if len(f) > 2}
+
+
 def id_maps(old: tuple[str, str, str], new: tuple[str, str, str]) -> tuple[dict[int, int], dict[int, int]]:
     """Old id -> new id, for the accounts both images have under the same name."""
-    def ids(text: str) -> dict[str, int]:
-        return {f[0]: int(f[2]) for f in (line.split(":") for line in text.splitlines()) if len(f) > 2}
-
     maps = []
-    for a, b in ((ids(old[0]), ids(new[0])), (ids(old[1]), ids(new[1]))):
+    for a, b in ((_ids(old[0]), _ids(new[0])), (_ids(old[1]), _ids(new[1]))):
         maps.append({a[n]: b[n] for n in a.keys() & b.keys() if a[n] != b[n]})
     return maps[0], maps[1]
 
 
-def _carry_over(lab: Lab, new_sif: Path, new_frags, new_release: str,
-                accounts: tuple[str, str, str] | None) -> list[str]:
+def _carry_over(lab: Lab, new_frags, new_release: str, accounts: tuple[str, str, str]) -> list[str]:
     """A new release on an old overlay: its site files, its account numbers, owners to match."""
-    assert lab.sms_overlay is not None and accounts is not None
+    assert lab.sms_overlay is not None
     remap = id_maps((lab.passwd, lab.group, lab.shadow), accounts)
     files = render_site(lab.site, new_frags, new_release)
     files.update(lab.adopt_accounts(*accounts))
     owners, modes = lab.site_file_modes()
-    groups = {f[0]: int(f[2]) for f in (line.split(":") for line in accounts[1].splitlines()) if len(f) > 2}
-    owners["/etc/shadow"] = (0, groups.get("shadow", 0))
+    owners["/etc/shadow"] = (0, _ids(accounts[1]).get("shadow", 0))
     modes["/etc/shadow"] = 0o640
     return write_overlay_files(lab.sms_overlay, files, owners=owners, modes=modes, remap=remap)
 
@@ -191,18 +190,18 @@ def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline
                            host if host is not None else old_host, signer=str(signer) if signer else "UNSIGNED")
     # Read before the stop: the gap should not include reading the images.
     accounts = lab.image_accounts(new_sif) if new_release != old_release else None
+    # The state as the old image left it: what a rollback restarts on, since the
+    # new image may already have rewritten it in a format the old cannot read.
+    before = lab.work / "overlay-before-cutover.img"
     watch = ControllerWatch(lab, lab.nodes[0])
     try:
         watch.wait_up()
         since = time.time()
         say(f"stopping {old_sif.name}")
         report.stop_s = lab.stop_sms()
-        # The state as the old image left it: what a rollback restarts on, since the
-        # new image may already have rewritten it in a format the old cannot read.
-        before = lab.work / "overlay-before-cutover.img"
         copy_overlay(lab.sms_overlay, before)
-        if new_release != old_release:
-            report.site_files_changed = _carry_over(lab, new_sif, new_frags, new_release, accounts)
+        if accounts is not None:
+            report.site_files_changed = _carry_over(lab, new_frags, new_release, accounts)
         lab.release, lab.sms_fragments = new_release, new_frags
         say(f"starting {new_sif.name}" + (f" on {report.host}" if report.host else ""))
         report.start_s = lab.start_sms(new_sif, host=report.host)
@@ -211,7 +210,7 @@ def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline
         report.results = results
         report.ok = all(r.ok for r in results)
         if not report.ok:
-            failed = sorted({r.service for r in results if not r.ok})
+            failed = failed_services(results)
             report.reasons.append(f"after the cutover these services failed their probes: {', '.join(failed)}")
             if rollback:
                 say(f"rolling back to {old_sif.name}: {', '.join(failed)} failed")
@@ -228,5 +227,5 @@ def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline
         report.gap_s = None if gaps is None else max(gaps, default=0.0)
     finally:
         watch.stop()
-        (lab.work / "overlay-before-cutover.img").unlink(missing_ok=True)
+        before.unlink(missing_ok=True)
     return report

@@ -222,29 +222,28 @@ class Lab:
         self.start_mgmt()
 
     # --- SMS-mgmt stand-in -------------------------------------------------------
-    def _image_file(self, path: str) -> str:
-        res = self.apptainer.exec(self.sms_sif, ["cat", path])
-        if res.returncode != 0:
-            raise UserError(f"{self.sms_sif}: cannot read {path} ({last_line(res.stderr)})")
-        return res.stdout
-
     def image_accounts(self, sif: Path) -> tuple[str, str, str]:
-        """An image's own /etc/passwd, /etc/group and /etc/shadow."""
-        old, self.sms_sif = self.sms_sif, sif
-        try:
-            return self._image_file("/etc/passwd"), self._image_file("/etc/group"), self._image_file("/etc/shadow")
-        finally:
-            self.sms_sif = old
+        """An image's own /etc/passwd, /etc/group and /etc/shadow (one exec, not three)."""
+        files = ("/etc/passwd", "/etc/group", "/etc/shadow")
+        res = self.apptainer.exec(sif, ["sh", "-c", 'for f; do cat "$f" || exit 1; echo "\f"; done', "sh", *files])
+        parts = res.stdout.split("\f\n")
+        if res.returncode != 0 or len(parts) != 4:
+            raise UserError(f"{sif}: cannot read its accounts ({last_line(res.stderr)})")
+        return parts[0], parts[1], parts[2]
+
+    def _set_accounts(self, passwd: str, group: str, shadow: str) -> None:
+        self.passwd, self.group, self.shadow = passwd, group, shadow
+        munge = next((line.split(":")[2:4] for line in passwd.splitlines() if line.startswith("munge:")),
+                     ["0", "0"])
+        self.munge_ids = (int(munge[0]), int(munge[1]))
 
     def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]:
-        """SMS-mgmt now serves these system accounts (plus the cluster's users), as an admin
-        updates Warewulf's copies after an upgrade; the files SMS-services should hold."""
-        self.passwd, self.group, self.shadow = passwd, group, shadow
-        ids = {line.split(":")[0]: line.split(":")[2:4] for line in passwd.splitlines() if line}
-        self.munge_ids = tuple(int(x) for x in ids.get("munge", ["0", "0"]))
+        """SMS-mgmt serves these system accounts (plus the cluster's users) from now on, as
+        an admin updates Warewulf's copies after an upgrade; the files SMS-services should hold."""
+        self._set_accounts(passwd, group, shadow)
         self._write_mgmt_accounts(self._mgmt_accounts)
         tree = self.work / "mgmt/etc"
-        os.chown(self.work / "mgmt/etc/munge/munge.key", *self.munge_ids)
+        os.chown(tree / "munge/munge.key", *self.munge_ids)
         return {f"/etc/{n}": (tree / n).read_text() for n in ("passwd", "group", "shadow")}
 
     def _seed_mgmt(self) -> None:
@@ -253,11 +252,7 @@ class Lab:
         # A live overlay brings its cluster's key: the lab's nodes must share it.
         self.munge_key = (read_overlay_file(self.sms_overlay, "/etc/munge/munge.key") if self.sms_overlay
                           else secrets.token_bytes(1024))
-        self.passwd = self._image_file("/etc/passwd")
-        self.group = self._image_file("/etc/group")
-        self.shadow = self._image_file("/etc/shadow")
-        ids = {line.split(":")[0]: line.split(":")[2:4] for line in self.passwd.splitlines() if line}
-        self.munge_ids = tuple(int(x) for x in ids.get("munge", ["0", "0"]))
+        self._set_accounts(*self.image_accounts(self.sms_sif))
         tree = self.work / "mgmt"
         (tree / "etc/munge").mkdir(parents=True)
         (tree / "etc/slurm").mkdir(parents=True)
@@ -309,7 +304,7 @@ class Lab:
             args += ["--network-args", f"{net}:IP={ip}" + (f";MAC={mac}" if mac else "")]
         # nsenter, not `ip netns exec`: the latter remounts /sys, hiding the cgroup
         # hierarchy slurmd needs; only the network namespace is wanted here.
-        cmd = [*(os.environ.get("SMS_LAB_ENTER") or f"nsenter --net=/run/netns/{netns or self.name}").split(), self.apptainer.binary, "instance", "start",
+        cmd = ["nsenter", f"--net=/run/netns/{netns or self.name}", self.apptainer.binary, "instance", "start",
                "--no-privs", *(["--add-caps", ",".join(caps)] if caps else []),
                "--net", "--network", names, *args, "--hostname", hostname, "--overlay", str(overlay),
                "--contain", "--scratch", "/run", "--bind", f"{self.work}/hosts:/etc/hosts",
@@ -384,10 +379,16 @@ class Lab:
             self.nodes.append(name)
 
     # --- running commands (the probes' view of the cluster) -----------------------
-    def _exec(self, instance: str, caps: list[str], command: list[str], stdin: str | None,
+    def exec_command(self, node: str | None, command: list[str]) -> list[str]:
+        """The `apptainer exec` that runs ``command`` on ``node`` (None: on SMS-services)."""
+        instance, caps = ((self.sms_instance, caps_of(self.sms_fragments)) if node is None
+                          else (self._node_info[node].instance, caps_of(self.compute_fragments)))
+        return [self.apptainer.binary, "exec", "--no-privs", *(["--add-caps", ",".join(caps)] if caps else []),
+                "--pwd", "/", f"instance://{instance}", *command]
+
+    def _exec(self, node: str | None, command: list[str], stdin: str | None,
               timeout: float) -> tuple[int, str, str]:
-        cmd = [self.apptainer.binary, "exec", "--no-privs", *(["--add-caps", ",".join(caps)] if caps else []),
-               "--pwd", "/", f"instance://{instance}", *command]
+        cmd = self.exec_command(node, command)
         try:
             p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, cwd="/")
         except subprocess.TimeoutExpired:
@@ -395,12 +396,11 @@ class Lab:
         return p.returncode, p.stdout, p.stderr
 
     def on_sms(self, command: list[str], stdin: str | None = None, timeout: float = 30) -> tuple[int, str, str]:
-        return self._exec(self.sms_instance, caps_of(self.sms_fragments), command, stdin, timeout)
+        return self._exec(None, command, stdin, timeout)
 
     def on_node(self, node: str, command: list[str], stdin: str | None = None,
                 timeout: float = 30) -> tuple[int, str, str]:
-        return self._exec(self._node_info[node].instance, caps_of(self.compute_fragments), command, stdin,
-                          timeout)
+        return self._exec(node, command, stdin, timeout)
 
     def on_public(self, command: list[str], timeout: float = 30) -> tuple[int, str, str]:
         p = subprocess.run(["ip", "netns", "exec", f"{self.name}-pub", *command], capture_output=True,
@@ -424,27 +424,18 @@ class Lab:
         pids = [p for p in self._instance_pids(self.sms_instance) if _comm(p) != "starter"]
         stopper = subprocess.Popen([self.apptainer.binary, "instance", "stop", "-t", "10", self.sms_instance],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        while stopper.poll() is None and (any(Path(f"/proc/{p}").exists() for p in pids)
-                                          or (self.sms_overlay and loop_device(self.sms_overlay))):
-            time.sleep(0.02)
         self._procs.append(stopper)  # reaped at teardown if still polling
-        if self.sms_instance in self._instances:
-            self._instances.remove(self.sms_instance)
+        self._sms_gone(pids, until=lambda: stopper.poll() is not None)
         return round(time.monotonic() - t, 2)
 
     def _instance_pids(self, instance: str) -> list[int]:
         """Every process of ``instance``, its Apptainer starter first."""
-        res = self.apptainer.run(["instance", "list", "--json", instance], timeout=30)
-        pids = [i["pid"] for i in json.loads(res.stdout or "{}").get("instances", [])]
-        if not pids:
+        top = _instance_list(self.apptainer, instance).get(instance)
+        if top is None:
             return []
-        tree = _run(["pstree", "-p", "-T", str(pids[0])], check=False).stdout
-        found = [int(p) for p in re.findall(r"\((\d+)\)", tree)]
-        stat = Path(f"/proc/{pids[0]}/stat").read_text()
-        starter = int(stat.rsplit(")", 1)[1].split()[1])
-        if _comm(starter) == "starter":
-            found.insert(0, starter)
-        return found
+        found = [top, *_descendants(top)]
+        starter = _parent(top)
+        return [starter, *found] if _comm(starter) == "starter" else found
 
     def kill_sms(self) -> None:
         """Power loss: SIGKILL to every process of the SMS-services instance at once."""
@@ -457,11 +448,36 @@ class Lab:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (any(Path(f"/proc/{p}").exists() for p in victims)
-                                               or (self.sms_overlay and loop_device(self.sms_overlay))):
-            time.sleep(0.05)
+        self._sms_gone(victims, until=lambda: time.monotonic() > deadline)
+
+    def _sms_gone(self, pids: list[int], until: Callable[[], bool]) -> None:
+        """Wait until ``pids`` have exited and the overlay is released (or ``until``)."""
+        while not until() and (any(Path(f"/proc/{p}").exists() for p in pids)
+                               or (self.sms_overlay and loop_device(self.sms_overlay))):
+            time.sleep(0.02)
         if self.sms_instance in self._instances:
             self._instances.remove(self.sms_instance)
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, read from /proc (no pstree on a minimal host)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            children.setdefault(_parent(int(entry.name)), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _comm(pid: int) -> str:
@@ -471,12 +487,17 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def _instances(apptainer: Apptainer) -> list[str]:
-    res = apptainer.run(["instance", "list", "--json"], timeout=30)
+def _instance_list(apptainer: Apptainer, name: str = "") -> dict[str, int]:
+    """Running instances (matching ``name``, if given) -> their pid."""
+    res = apptainer.run(["instance", "list", "--json", *([name] if name else [])], timeout=30)
     try:
-        return [i["instance"] for i in json.loads(res.stdout or "{}").get("instances", [])]
-    except ValueError:
-        return []
+        return {i["instance"]: int(i["pid"]) for i in json.loads(res.stdout or "{}").get("instances", [])}
+    except (ValueError, KeyError):
+        return {}
+
+
+def _instances(apptainer: Apptainer) -> list[str]:
+    return list(_instance_list(apptainer))
 
 
 def _namespaces() -> list[str]:

@@ -346,7 +346,11 @@ def run_all(c: Cluster, fragments: list[Fragment] | tuple[Fragment, ...], *, rea
     return results
 
 
+def failed_services(results: list[Result]) -> list[str]:
+    return sorted({r.service for r in results if not r.ok})
+
+
 def to_json(results: list[Result], meta: dict) -> str:
     return json.dumps({**meta, "ok": all(r.ok for r in results),
-                       "failed_services": sorted({r.service for r in results if not r.ok}),
+                       "failed_services": failed_services(results),
                        "probes": [r.to_dict() for r in results]}, indent=2)

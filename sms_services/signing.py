@@ -47,9 +47,13 @@ def build_key() -> Path:
 
 def build_signer() -> Signer:
     """How a signature by this host's current build key is recorded."""
-    private, public = key_files(build_key())
+    return _signer(build_key())
+
+
+def _signer(key: str | Path) -> Signer:
+    private, public = key_files(key)
     pub = load_public(private)
-    return Signer(public.stem, fingerprint(pub), describe(pub))
+    return Signer(public.stem if public.exists() else private.stem, fingerprint(pub), describe(pub))
 
 
 @dataclass(frozen=True)
@@ -152,27 +156,26 @@ def content_digest(apptainer: Apptainer, sif: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def sign(apptainer: Apptainer, sif: Path, key: str | Path, *, replace: bool = True) -> Signer:
+def sign(apptainer: Apptainer, sif: Path, key: str | Path) -> Signer:
     """Sign ``sif`` with ``key`` (a PREFIX); earlier signatures are removed first.
 
     One signer per image: ``apptainer verify --key`` demands that every
     signature verify with the one key it is given.
     """
-    private, public = key_files(key)
+    private, _ = key_files(key)
     if not private.exists():
         raise UserError(f"{private}: no such private key (make one with 'smsctl keys create --out {key}')")
     if not sif.is_file():
         raise UserError(f"{sif}: no such SIF")
-    pub = load_public(private)
-    if replace:
-        for obj in sorted(signatures(apptainer, sif), reverse=True):
-            res = apptainer.run(["sif", "del", str(obj), str(sif)], timeout=60)
-            if res.returncode != 0:
-                raise UserError(f"{sif}: cannot remove old signature {obj} ({last_line(res.stderr)})")
+    signer = _signer(key)
+    for obj in sorted(signatures(apptainer, sif), reverse=True):
+        res = apptainer.run(["sif", "del", str(obj), str(sif)], timeout=60)
+        if res.returncode != 0:
+            raise UserError(f"{sif}: cannot remove old signature {obj} ({last_line(res.stderr)})")
     res = apptainer.run(["sign", "--key", str(private), str(sif)], timeout=300)
     if res.returncode != 0:
         raise UserError(f"{sif}: signing with {private} failed: {last_line(res.stderr)}")
-    return Signer(public.stem if public.exists() else private.stem, fingerprint(pub), describe(pub))
+    return signer
 
 
 def _verify_args(trust: Trust) -> list[tuple[list[str], Signer]]:
@@ -212,7 +215,6 @@ def check(apptainer: Apptainer, sif: Path, trust: Trust,
     if not tries:
         raise UserError(f"{sif}: no trusted key to check it against; give --key PREFIX or put .pub files "
                         f"in {config_dir() / 'trusted'}")
-    reasons = []
     for args, signer in tries:
         res = apptainer.run(["verify", *args, str(sif)], timeout=300)
         if res.returncode == 0:
@@ -221,6 +223,5 @@ def check(apptainer: Apptainer, sif: Path, trust: Trust,
         if "integrity compromised" in reason or "digest mismatch" in reason.lower():
             raise UserError(f"{sif}: TAMPERED: its contents no longer match the signature of {signer} "
                             f"({reason}); do not start it, rebuild or pull it again")
-        reasons.append(reason)
     raise UserError(f"{sif}: signed, but not by a trusted key (tried {trust.describe()}); "
                     "sign it with a trusted key or trust its signer's .pub")

@@ -19,7 +19,7 @@ from .apptainer import Apptainer
 from .build import Builder, sha256_file
 from .errors import UserError
 from .lab import Lab
-from .probes import Result, run_all, to_json
+from .probes import Result, failed_services, run_all, to_json
 from .project import Project
 from .report import junit
 from .signing import Trust, check, content_digest
@@ -43,7 +43,7 @@ class Outcome:
 
     @property
     def failed_services(self) -> list[str]:
-        return sorted({r.service for r in self.results if not r.ok})
+        return failed_services(self.results)
 
 
 def prepare_images(project: Project, apptainer: Apptainer, release: str, sif: Path | None,
@@ -83,9 +83,12 @@ def open_lab(project: Project, apptainer: Apptainer, release: str, *, sif: Path 
     """
     rel = project.matrix.get(release)
     variant = rel.variant("debian")
-    sms_sif, compute_sif = prepare_images(project, apptainer, release, sif, say)
     trust = trust or Trust.candidate()
-    signer = check(apptainer, sms_sif, trust, warn=say)
+    # A given image is checked before anything is built: a refusal costs no build.
+    signer = check(apptainer, sif, trust, warn=say) if sif is not None else None
+    sms_sif, compute_sif = prepare_images(project, apptainer, release, sif, say)
+    if sif is None:
+        signer = check(apptainer, sms_sif, trust, warn=say)
     check(apptainer, compute_sif, Trust.candidate(), warn=say)
     sms_frags = project.ordered(variant)
     site = load_site(site_path or project.root / "overlays/lab/site.yaml", sms_frags,
@@ -120,7 +123,7 @@ def mgmt_down_phase(lab: Lab, fragments, say_result) -> list[Result]:
 def failed_service_logs(lab: Lab, results: list[Result], lines: int = 25) -> dict[str, str]:
     """The end of each failed service's log, so a red verify says why without a rerun."""
     logs = {}
-    for service in sorted({r.service for r in results if not r.ok}):
+    for service in failed_services(results):
         rc, out, _ = lab.on_sms(["tail", "-n", str(lines), f"/var/log/sms-services/{service}.log"])
         logs[service] = out if rc == 0 else "(no log)"
     return logs

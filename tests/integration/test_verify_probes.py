@@ -91,6 +91,31 @@ def test_a_broken_service_fails_its_probe(lab: Lab, service: str) -> None:
     assert healed.ok, f"{service} did not come back: {[(r.probe, r.detail) for r in healed.results if not r.ok]}"
 
 
+# Breaks that leave slurmctld answering: only its job probes can notice them.
+# name -> (how to break, how to repair, the slurmctld probes that must fail)
+JOB_BREAKS: dict[str, tuple[list[list[str]], list[list[str]], set[str]]] = {
+    "nodes-drained": ([["scontrol", "update", "nodename=c1,c2", "state=drain", "reason=probe-test"]],
+                      [["scontrol", "update", "nodename=c1,c2", "state=resume"]],
+                      {"slurm-nodes-idle", "slurm-srun", "slurm-sbatch", "slurm-job-mail"}),
+    "mail-down": (_stop("postfix"), _start("postfix"), {"slurm-job-mail"}),
+}
+
+
+@pytest.mark.parametrize("lab,case", [("3.5", k) for k in sorted(JOB_BREAKS)], indirect=["lab"])
+def test_the_job_probes_fail_when_jobs_cannot_run_or_mail(lab: Lab, case: str) -> None:
+    breaks, repair, probes = JOB_BREAKS[case]
+    _run(lab, breaks)
+    try:
+        broken = probe_services(lab, only={"slurmctld"}, ready_timeout=4, probe_timeout=4)
+        failed = {r.probe for r in broken.results if not r.ok}
+        assert failed == probes, [(r.probe, r.detail) for r in broken.results if not r.ok]
+        assert broken.failed_services == ["slurmctld"]
+    finally:
+        _run(lab, repair)
+    healed = probe_services(lab, only={"slurmctld", "postfix"}, ready_timeout=90)
+    assert healed.ok, [(r.probe, r.detail) for r in healed.results if not r.ok]
+
+
 @pytest.mark.parametrize("lab", ["3.5"], indirect=True)
 def test_an_open_relay_fails_the_relay_probe(lab: Lab) -> None:
     saved = lab.on_sms(["cp", "/etc/postfix/main.cf", "/etc/postfix/main.cf.test-saved"])
