@@ -190,16 +190,21 @@ def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline
                            host if host is not None else old_host, signer=str(signer) if signer else "UNSIGNED")
     # Read before the stop: the gap should not include reading the images.
     accounts = lab.image_accounts(new_sif) if new_release != old_release else None
-    # The state as the old image left it: what a rollback restarts on, since the
-    # new image may already have rewritten it in a format the old cannot read.
-    before = lab.work / "overlay-before-cutover.img"
+    # Across Slurm majors the new controller rewrites its state in a format the old
+    # cannot read: a rollback must restart on the state as the old image left it.
+    # Within one major it restarts on what the new one wrote, so jobs that finished
+    # meanwhile stay finished (a copy would bring them back as running).
+    same_major = slurm.major(old_labels["sms-services.slurm.installed"]) == \
+        slurm.major(new_labels["sms-services.slurm.installed"])
+    before = None if same_major else lab.work / "overlay-before-cutover.img"
     watch = ControllerWatch(lab, lab.nodes[0])
     try:
         watch.wait_up()
         since = time.time()
         say(f"stopping {old_sif.name}")
         report.stop_s = lab.stop_sms()
-        copy_overlay(lab.sms_overlay, before)
+        if before is not None:
+            copy_overlay(lab.sms_overlay, before)
         if accounts is not None:
             report.site_files_changed = _carry_over(lab, new_frags, new_release, accounts)
         lab.release, lab.sms_fragments = new_release, new_frags
@@ -215,7 +220,8 @@ def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline
             if rollback:
                 say(f"rolling back to {old_sif.name}: {', '.join(failed)} failed")
                 lab.stop_sms()
-                os.replace(before, lab.sms_overlay)
+                if before is not None:
+                    os.replace(before, lab.sms_overlay)
                 lab.release, lab.sms_fragments = old_release, old_frags
                 lab.start_sms(old_sif, host=old_host)
                 report.results += run_all(lab, old_frags, ready_timeout=deadline, phase="rollback",
@@ -227,5 +233,6 @@ def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline
         report.gap_s = None if gaps is None else max(gaps, default=0.0)
     finally:
         watch.stop()
-        before.unlink(missing_ok=True)
+        if before is not None:
+            before.unlink(missing_ok=True)
     return report

@@ -29,3 +29,14 @@ def apptainer() -> Apptainer:
     if os.environ.get("CI") == "true":
         pytest.fail(f"integration prerequisite missing in CI: {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def sigint_is_left_as_found():
+    """A test that leaves SIGINT ignored makes every later child ignore Ctrl-C too."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    assert after == before, f"SIGINT handler changed from {before} to {after}"

@@ -27,8 +27,11 @@ SMSCTL = [sys.executable, "-m", "sms_services.cli"]
 
 
 def _start_verify(release: str, *extra: str) -> subprocess.Popen:
+    # As from an admin's shell: SIGINT at its default, whatever the test runner (nox
+    # under CI) left it at; an inherited "ignored" SIGINT would make Ctrl-C a no-op.
     return subprocess.Popen([*SMSCTL, "verify", release, *extra], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_lab(proc: subprocess.Popen, timeout: float = 600) -> list[str]:
