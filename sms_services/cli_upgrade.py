@@ -1,4 +1,4 @@
-"""smsctl backup, restore and rehearse: the commands of an upgrade."""
+"""smsctl start, stop, cutover, backup, restore and rehearse: running SMS-services and upgrading it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+
+from .deploy import DEFAULT_NODE_EXEC
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -58,7 +60,110 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_start(args: argparse.Namespace) -> int:
+    from .apptainer import Apptainer
+    from .cli import _project, _sif_of, _trust, err_console, out_console
+    from .deploy import start
+    from .signing import check
+
+    apptainer = Apptainer.find()
+    sif = _sif_of(args, args.sif).resolve()
+    signer = check(apptainer, sif, _trust(args), warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
+    dep = start(_project(args), apptainer, sif, name=args.name, overlay=Path(args.overlay).resolve(),
+                site=Path(args.site), provision_bridge=args.provision_bridge, public_bridge=args.public_bridge,
+                node_exec=args.node_exec, binds=args.bind or [], signer=str(signer) if signer else "UNSIGNED")
+    dep.close()
+    out_console.print(f"started {args.name}: {sif.name} (release {dep.release}, signed by "
+                      f"{dep.record.signer}) on {args.overlay}; recorded in {dep.record.path_of(args.name)}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .apptainer import Apptainer
+    from .cli import _project, out_console
+    from .deploy import stop
+
+    seconds = stop(_project(args), Apptainer.find(), args.name)
+    out_console.print(f"stopped {args.name} in {seconds} s")
+    return 0
+
+
+def cmd_cutover(args: argparse.Namespace) -> int:
+    from .apptainer import Apptainer
+    from .cli import _project, _sif_of, _trust, err_console, out_console
+    from .cutover import cutover
+    from .deploy import Deployment, Record
+    from .errors import UserError
+    from .report import print_table
+
+    project, apptainer = _project(args), Apptainer.find()
+    record = Record.load(args.name)
+    new_sif = _sif_of(args, args.to).resolve()
+    with Deployment(project, apptainer, record, jobs=args.jobs) as dep:
+        if not dep.running():
+            raise UserError(f"instance {args.name} is not running; a cutover replaces a running instance "
+                            f"(smsctl start starts one)")
+        say = lambda s: err_console.print(f"[bold]cutover[/bold] {s}")  # noqa: E731
+        report = cutover(dep, project, new_sif, trust=_trust(args), deadline=args.deadline,
+                         node_slurmd=dep.slurmd_versions(), say=say)
+        if report.ok:
+            record.signer = report.signer
+            record.save()
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    print_table(report.results, f"cutover of {args.name} to {new_sif.name}", out_console)
+    gap = "the controller never answered again" if report.gap_s is None else f"service gap {report.gap_s} s"
+    if report.ok:
+        out_console.print(f"{args.name} now runs {new_sif.name} (release {report.new_release}): {gap}, "
+                          f"stop {report.stop_s} s, every probe green {report.green_s} s after the start")
+        if report.renumbered:
+            err_console.print(f"smsctl: the new image numbers these accounts differently: "
+                              f"{', '.join(report.renumbered)}; the overlay follows them now; give SMS-mgmt's "
+                              "(Warewulf's) synced passwd and group the same numbers, or its next sync undoes them",
+                              markup=False)
+        return 0
+    for reason in report.reasons:
+        err_console.print(f"smsctl: {reason}", markup=False)
+    if report.rolled_back:
+        back = [r for r in report.results if r.phase == "rollback"]
+        state = "answers again" if back and all(r.ok for r in back) else "FAILS ITS PROBES TOO: act now"
+        err_console.print(f"smsctl: rolled back to {Path(report.old_sif).name}, which {state} ({gap})",
+                          markup=False)
+    return 1
+
+
 def add_parsers(sub, trust_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    s = sub.add_parser("start", help="start SMS-services on this host and record how (for smsctl cutover)")
+    s.add_argument("sif", metavar="SIF", help="the release-signed image (a SIF or a release id)")
+    s.add_argument("--name", default="sms-services", help="the instance name (default sms-services)")
+    s.add_argument("--overlay", required=True, help="the instance's ext3 overlay (its whole state)")
+    s.add_argument("--site", required=True, help="the site file (addresses, nodes)")
+    s.add_argument("--provision-bridge", required=True, metavar="BRIDGE", help="host bridge on the provisioning network")
+    s.add_argument("--public-bridge", required=True, metavar="BRIDGE", help="host bridge on the public network")
+    s.add_argument("--node-exec", default=DEFAULT_NODE_EXEC, metavar="COMMAND",
+                   help="runs a command on compute node {node}, given as one shell string, for the probes "
+                        f"(default: {DEFAULT_NODE_EXEC!r})")
+    s.add_argument("--bind", action="append", metavar="SRC[:DEST]", help="an extra bind (repeatable)")
+    s.add_argument("--allow-unsigned", action="store_true", help="start an unsigned image (development only)")
+    trust_args(s)
+    s.set_defaults(func=cmd_start)
+
+    s = sub.add_parser("stop", help="stop a recorded SMS-services instance")
+    s.add_argument("--name", default="sms-services")
+    s.set_defaults(func=cmd_stop)
+
+    s = sub.add_parser("cutover", help="replace a running SMS-services with NEW; roll back if a probe fails")
+    s.add_argument("--to", required=True, metavar="NEW", help="the new image (a SIF or a release id)")
+    s.add_argument("--name", default="sms-services", help="the recorded instance (default sms-services)")
+    s.add_argument("--deadline", type=float, default=120,
+                   help="seconds the new image has to pass every probe before the rollback (default 120)")
+    s.add_argument("--jobs", action="store_true",
+                   help="also run the test-job probes (srun, sbatch, mail, accounting): needs idle nodes")
+    s.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    trust_args(s)
+    s.set_defaults(func=cmd_cutover)
+
     s = sub.add_parser("backup", help="copy a live overlay consistently (writes held for milliseconds)")
     s.add_argument("--overlay", required=True, help="the SMS-services overlay (running or not)")
     s.add_argument("--to", required=True, metavar="DIR", help="backup folder")

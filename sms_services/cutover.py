@@ -18,25 +18,54 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from collections.abc import Callable
+from typing import Protocol
 
 from . import slurm
+from .accounts import Accounts, id_maps, ids
+from .apptainer import Apptainer
 from .errors import UserError
-from .lab import Lab
+from .fragment import Fragment
 from .overlay import copy_overlay, usage, write_overlay_files
-from .probes import Result, failed_services, run_all
+from .probes import Cluster, Result, failed_services, run_all
 from .project import Project
 from .signing import Trust, check
-from .site import render_site
+from .site import Site, render_site
 
 FREE_NEEDED = 8 * 2**20  # a state save of slurmctld and a restart's logs, with room to spare
 PING_LOOP = ('while :; do if timeout 0.5 scontrol ping 2>/dev/null | grep -q "is UP"; then s=UP; else s=DOWN; fi; '
              'echo "$(date +%s.%N) $s"; sleep 0.05; done')
 
 
+class Running(Cluster, Protocol):
+    """Where SMS-services runs and how to replace it: the lab (``lab.Lab``) or a
+    recorded production instance (``deploy.Deployment``)."""
+
+    apptainer: Apptainer
+    sms_sif: Path
+    sms_overlay: Path | None
+    release: str
+    sms_fragments: tuple[Fragment, ...]
+    site: Site
+    host: str
+    work: Path  # scratch space for this cutover
+    sms_started_at: float
+    probe_skip: frozenset[str]  # probe kinds that cannot run here
+    passwd: str  # the accounts in effect now, by which the overlay's files are owned
+    group: str
+    shadow: str
+
+    def exec_command(self, node: str | None, command: list[str]) -> list[str]: ...
+    def stop_sms(self) -> float: ...
+    def start_sms(self, sif: Path, *, host: str = "") -> float: ...
+    def image_accounts(self, sif: Path) -> Accounts: ...
+    def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]: ...
+    def site_file_modes(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]: ...
+
+
 class ControllerWatch:
     """``scontrol ping`` from a compute node in a loop, for the service gap."""
 
-    def __init__(self, lab: Lab, node: str) -> None:
+    def __init__(self, lab: Running, node: str) -> None:
         self.log = lab.work / f"watch-{node}-{time.monotonic_ns()}.log"
         cmd = lab.exec_command(node, ["/bin/sh", "-c", PING_LOOP])
         self._fh = open(self.log, "w")
@@ -108,6 +137,7 @@ class CutoverReport:
     green_s: float = 0.0  # new instance started -> every probe passed
     signer: str = ""
     site_files_changed: list[str] = field(default_factory=list)
+    renumbered: list[str] = field(default_factory=list)  # "munge 101 -> 995": SMS-mgmt must serve these
     results: list[Result] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
@@ -117,49 +147,46 @@ class CutoverReport:
         return data
 
 
-def step_reasons(old: dict[str, str], new: dict[str, str], node_slurmd: str) -> list[str]:
-    """Why Slurm would not accept this step (empty: it would), from the images' labels."""
+def step_reasons(old: dict[str, str], new: dict[str, str], node_slurmd: str | list[str]) -> list[str]:
+    """Why Slurm would not accept this step (empty: it would), from the images' labels
+    and the slurmd version(s) of the compute nodes."""
     reasons = []
+    versions = [node_slurmd] if isinstance(node_slurmd, str) else node_slurmd
     old_ctl, new_ctl = old.get("sms-services.slurm.installed", ""), new.get("sms-services.slurm.installed", "")
     try:
         allowed, why = slurm.upgrade_allowed(old_ctl, new_ctl)
         if not allowed:
             reasons.append(f"slurmctld state and accounting DB: {why}")
-        if node_slurmd and not slurm.can_serve(new_ctl, node_slurmd):
-            reasons.append(f"compute nodes run slurmd {slurm.major(node_slurmd)}, which slurmctld "
-                           f"{slurm.major(new_ctl)} does not serve (serves {' '.join(slurm.served_majors(new_ctl))})")
+        for version in (v for v in versions if v):
+            if not slurm.can_serve(new_ctl, version):
+                reasons.append(f"compute nodes run slurmd {slurm.major(version)}, which slurmctld "
+                               f"{slurm.major(new_ctl)} does not serve (serves "
+                               f"{' '.join(slurm.served_majors(new_ctl))})")
     except ValueError as err:
         reasons.append(f"Slurm versions of the images cannot be compared: {err}")
     return reasons
 
 
-def _ids(text: str) -> dict[str, int]:
-    """Name -> number of a passwd or group file."""
-    return {f[0]: int(f[2]) for f in (line.split(":") for line in text.splitlines()) if len(f) > 2}
+def renumbered(old: Accounts, new: Accounts) -> list[str]:
+    """The accounts whose user number differs between two images ("munge 101 -> 995")."""
+    a, b = ids(old[0]), ids(new[0])
+    return [f"{n} {a[n]} -> {b[n]}" for n in sorted(a.keys() & b.keys()) if a[n] != b[n]]
 
 
-def id_maps(old: tuple[str, str, str], new: tuple[str, str, str]) -> tuple[dict[int, int], dict[int, int]]:
-    """Old id -> new id, for the accounts both images have under the same name."""
-    maps = []
-    for a, b in ((_ids(old[0]), _ids(new[0])), (_ids(old[1]), _ids(new[1]))):
-        maps.append({a[n]: b[n] for n in a.keys() & b.keys() if a[n] != b[n]})
-    return maps[0], maps[1]
-
-
-def _carry_over(lab: Lab, new_frags, new_release: str, accounts: tuple[str, str, str]) -> list[str]:
+def _carry_over(lab: Running, new_frags, new_release: str, accounts: Accounts) -> list[str]:
     """A new release on an old overlay: its site files, its account numbers, owners to match."""
     assert lab.sms_overlay is not None
     remap = id_maps((lab.passwd, lab.group, lab.shadow), accounts)
     files = render_site(lab.site, new_frags, new_release)
     files.update(lab.adopt_accounts(*accounts))
     owners, modes = lab.site_file_modes()
-    owners["/etc/shadow"] = (0, _ids(accounts[1]).get("shadow", 0))
+    owners["/etc/shadow"] = (0, ids(accounts[1]).get("shadow", 0))
     modes["/etc/shadow"] = 0o640
     return write_overlay_files(lab.sms_overlay, files, owners=owners, modes=modes, remap=remap)
 
 
-def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline: float = 120,
-            host: str | None = None, node_slurmd: str = "", rollback: bool = True,
+def cutover(lab: Running, project: Project, new_sif: Path, *, trust: Trust, deadline: float = 120,
+            host: str | None = None, node_slurmd: str | list[str] = "", rollback: bool = True,
             say: Callable[[str], None] = lambda s: None,
             say_result: Callable[[Result], None] = lambda r: None) -> CutoverReport:
     """Move the lab's SMS-services to ``new_sif`` (on ``host``, default where it runs now).
@@ -206,11 +233,13 @@ def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline
         if before is not None:
             copy_overlay(lab.sms_overlay, before)
         if accounts is not None:
+            report.renumbered = renumbered((lab.passwd, lab.group, lab.shadow), accounts)
             report.site_files_changed = _carry_over(lab, new_frags, new_release, accounts)
         lab.release, lab.sms_fragments = new_release, new_frags
         say(f"starting {new_sif.name}" + (f" on {report.host}" if report.host else ""))
         report.start_s = lab.start_sms(new_sif, host=report.host)
-        results = run_all(lab, new_frags, ready_timeout=deadline, phase="cutover", say=say_result)
+        results = run_all(lab, new_frags, ready_timeout=deadline, phase="cutover", skip=lab.probe_skip,
+                          say=say_result)
         report.green_s = round(time.monotonic() - lab.sms_started_at, 2)
         report.results = results
         report.ok = all(r.ok for r in results)
@@ -225,7 +254,7 @@ def cutover(lab: Lab, project: Project, new_sif: Path, *, trust: Trust, deadline
                 lab.release, lab.sms_fragments = old_release, old_frags
                 lab.start_sms(old_sif, host=old_host)
                 report.results += run_all(lab, old_frags, ready_timeout=deadline, phase="rollback",
-                                          say=say_result)
+                                          skip=lab.probe_skip, say=say_result)
                 report.rolled_back = True
         time.sleep(0.3)  # a few samples after the last start
         gaps = outages(watch.samples(), since)

@@ -17,7 +17,6 @@ is removed before a new one starts.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 import secrets
@@ -31,13 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 
-from .apptainer import Apptainer, last_line
+from .apptainer import Apptainer
 from .errors import UserError
 from .fragment import Fragment
-from .overlay import create_overlay, loop_device, read_overlay_file
+from .accounts import image_accounts, owner_of
+from .instance import (APPTAINER_CONF, caps_of, exec_command, instance_list, instance_pids,
+                       kill_instance, mac_for, start_instance, stop_instance, write_network)
+from .overlay import create_overlay, read_overlay_file
 from .site import Site, render_site
 
-APPTAINER_CONF = Path("/etc/apptainer/apptainer.conf")
 SUPERVISORCTL = ["supervisorctl", "-c", "/etc/sms-services/supervisord.conf"]
 
 
@@ -51,11 +52,6 @@ def _run(cmd: list[str], *, check: bool = True, timeout: float = 60, **kw) -> su
     if check and proc.returncode != 0:
         raise UserError(f"lab: '{' '.join(cmd)}' failed: {(proc.stderr or proc.stdout).strip()[:300]}")
     return proc
-
-
-def caps_of(fragments: tuple[Fragment, ...] | list[Fragment]) -> list[str]:
-    """Least privilege: exactly the capabilities the image's fragments declare."""
-    return sorted({c for f in fragments for c in f.capabilities})
 
 
 @dataclass
@@ -91,6 +87,7 @@ class Lab:
     # one); None: a scratch overlay seeded from the site file.
     sms_overlay: Path | None = None
     host: str = ""  # the network namespace ("infrastructure host") SMS-services runs in
+    probe_skip: frozenset[str] = frozenset()  # a lab can run every probe
 
     # --- addresses, from the site file -------------------------------------------
     @property
@@ -172,18 +169,10 @@ class Lab:
         cni = self.work / "cni"
         cni.mkdir()
 
-        def bridge(net: str, br: str, extra: list[dict] | None = None, routes: list | None = None) -> None:
-            ipam: dict = {"type": "static"}
-            if routes:
-                ipam["routes"] = routes
-            plugins = [{"type": "bridge", "bridge": br, "isGateway": False, "ipMasq": False, "ipam": ipam}]
-            (cni / f"{net}.conflist").write_text(json.dumps(
-                {"cniVersion": "1.0.0", "name": net, "plugins": plugins + (extra or [])}, indent=1))
-
         # SMS-services routes between the networks: forwarding on in its namespace only.
-        bridge(f"{n}-prov", f"{n}-p", [{"type": "tuning", "sysctl": {"net.ipv4.ip_forward": "1"}}])
-        bridge(f"{n}-pub", f"{n}-u")
-        bridge(f"{n}-node", f"{n}-p", routes=[{"dst": "0.0.0.0/0", "gw": self.sms_ip}])
+        write_network(cni, f"{n}-prov", f"{n}-p", forward=True)
+        write_network(cni, f"{n}-pub", f"{n}-u")
+        write_network(cni, f"{n}-node", f"{n}-p", routes=[{"dst": "0.0.0.0/0", "gw": self.sms_ip}])
         # Name service of the lab: its own hosts file, and no nameserver, so a lookup
         # fails at once instead of timing out against the host's unreachable DNS.
         hosts = ["127.0.0.1 localhost", f"{self.sms_ip} {self.site.values['sms_hostname']}",
@@ -223,19 +212,11 @@ class Lab:
 
     # --- SMS-mgmt stand-in -------------------------------------------------------
     def image_accounts(self, sif: Path) -> tuple[str, str, str]:
-        """An image's own /etc/passwd, /etc/group and /etc/shadow (one exec, not three)."""
-        files = ("/etc/passwd", "/etc/group", "/etc/shadow")
-        res = self.apptainer.exec(sif, ["sh", "-c", 'for f; do cat "$f" || exit 1; echo "\f"; done', "sh", *files])
-        parts = res.stdout.split("\f\n")
-        if res.returncode != 0 or len(parts) != 4:
-            raise UserError(f"{sif}: cannot read its accounts ({last_line(res.stderr)})")
-        return parts[0], parts[1], parts[2]
+        return image_accounts(self.apptainer, sif)
 
     def _set_accounts(self, passwd: str, group: str, shadow: str) -> None:
         self.passwd, self.group, self.shadow = passwd, group, shadow
-        munge = next((line.split(":")[2:4] for line in passwd.splitlines() if line.startswith("munge:")),
-                     ["0", "0"])
-        self.munge_ids = (int(munge[0]), int(munge[1]))
+        self.munge_ids = owner_of(passwd, "munge")
 
     def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]:
         """SMS-mgmt serves these system accounts (plus the cluster's users) from now on, as
@@ -298,21 +279,11 @@ class Lab:
     # --- instances ------------------------------------------------------------------
     def _start_instance(self, sif: Path, instance: str, hostname: str, overlay: Path, caps: list[str],
                         nets: list[tuple[str, str, str | None]], extra: list[str], netns: str = "") -> None:
-        names = ",".join(n for n, _, _ in nets)
-        args = []
-        for net, ip, mac in nets:
-            args += ["--network-args", f"{net}:IP={ip}" + (f";MAC={mac}" if mac else "")]
-        # nsenter, not `ip netns exec`: the latter remounts /sys, hiding the cgroup
-        # hierarchy slurmd needs; only the network namespace is wanted here.
-        cmd = ["nsenter", f"--net=/run/netns/{netns or self.name}", self.apptainer.binary, "instance", "start",
-               "--no-privs", *(["--add-caps", ",".join(caps)] if caps else []),
-               "--net", "--network", names, *args, "--hostname", hostname, "--overlay", str(overlay),
-               "--contain", "--scratch", "/run", "--bind", f"{self.work}/hosts:/etc/hosts",
-               "--bind", f"{self.work}/resolv.conf:/etc/resolv.conf", *extra, str(sif), instance]
-        env = dict(os.environ, APPTAINER_CONFIG_FILE=str(self.work / "apptainer.conf"))
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd="/")
-        if proc.returncode != 0:
-            raise UserError(f"lab: instance {instance} did not start: {last_line(proc.stderr)}")
+        start_instance(self.apptainer, sif, instance, hostname=hostname, overlay=overlay, caps=caps, nets=nets,
+                       extra=["--bind", f"{self.work}/hosts:/etc/hosts",
+                              "--bind", f"{self.work}/resolv.conf:/etc/resolv.conf", *extra],
+                       netns=netns or self.name, env={"APPTAINER_CONFIG_FILE": str(self.work / "apptainer.conf")},
+                       what="lab")
         self._instances.append(instance)
 
     def site_file_modes(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
@@ -333,7 +304,7 @@ class Lab:
     def start_sms(self, sif: Path, *, host: str = "") -> float:
         """Start SMS-services from ``sif`` on the lab's overlay, on ``host`` (a namespace from
         ``add_host``; default the lab's own), with the same addresses; seconds it took."""
-        mac = "02:00:" + ":".join(f"{int(x):02x}" for x in self.sms_ip.split("."))
+        mac = mac_for(self.sms_ip)
         assert self.sms_overlay is not None
         t = time.monotonic()
         self._start_instance(sif.resolve(), self.sms_instance, str(self.site.values["sms_hostname"]),
@@ -383,8 +354,7 @@ class Lab:
         """The `apptainer exec` that runs ``command`` on ``node`` (None: on SMS-services)."""
         instance, caps = ((self.sms_instance, caps_of(self.sms_fragments)) if node is None
                           else (self._node_info[node].instance, caps_of(self.compute_fragments)))
-        return [self.apptainer.binary, "exec", "--no-privs", *(["--add-caps", ",".join(caps)] if caps else []),
-                "--pwd", "/", f"instance://{instance}", *command]
+        return exec_command(self.apptainer, instance, caps, command)
 
     def _exec(self, node: str | None, command: list[str], stdin: str | None,
               timeout: float) -> tuple[int, str, str]:
@@ -414,90 +384,27 @@ class Lab:
         return _mine(self.name, _instances(self.apptainer))
 
     def stop_sms(self) -> float:
-        """Stop the SMS-services instance; seconds it took.
-
-        Done when the container's processes are gone and its overlay is released.
-        Apptainer's starter lingers for 1.5 s more, and `apptainer instance stop`
-        returns only after it: waiting for them would add that to every cutover's gap.
-        """
-        t = time.monotonic()
-        pids = [p for p in self._instance_pids(self.sms_instance) if _comm(p) != "starter"]
-        stopper = subprocess.Popen([self.apptainer.binary, "instance", "stop", "-t", "10", self.sms_instance],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        self._procs.append(stopper)  # reaped at teardown if still polling
-        self._sms_gone(pids, until=lambda: stopper.poll() is not None)
-        return round(time.monotonic() - t, 2)
-
-    def _instance_pids(self, instance: str) -> list[int]:
-        """Every process of ``instance``, its Apptainer starter first."""
-        top = _instance_list(self.apptainer, instance).get(instance)
-        if top is None:
-            return []
-        found = [top, *_descendants(top)]
-        starter = _parent(top)
-        return [starter, *found] if _comm(starter) == "starter" else found
+        """Stop the SMS-services instance fast (see ``instance.stop_instance``); seconds it took."""
+        seconds, stopper = stop_instance(self.apptainer, self.sms_instance, self.sms_overlay)
+        self._procs.append(stopper)  # reaped at teardown if still finishing
+        self._forget(self.sms_instance)
+        return seconds
 
     def kill_sms(self) -> None:
         """Power loss: SIGKILL to every process of the SMS-services instance at once."""
-        victims = self._instance_pids(self.sms_instance)
-        if not victims:
-            raise UserError(f"lab: instance {self.sms_instance} is not running")
-        for pid in victims:  # the starter too: nothing may exit cleanly
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        self._sms_gone(victims, until=lambda: time.monotonic() > deadline)
+        kill_instance(self.apptainer, self.sms_instance, self.sms_overlay)
+        self._forget(self.sms_instance)
 
-    def _sms_gone(self, pids: list[int], until: Callable[[], bool]) -> None:
-        """Wait until ``pids`` have exited and the overlay is released (or ``until``)."""
-        while not until() and (any(Path(f"/proc/{p}").exists() for p in pids)
-                               or (self.sms_overlay and loop_device(self.sms_overlay))):
-            time.sleep(0.02)
-        if self.sms_instance in self._instances:
-            self._instances.remove(self.sms_instance)
+    def sms_pids(self) -> list[int]:
+        return instance_pids(self.apptainer, self.sms_instance)
 
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, read from /proc (no pstree on a minimal host)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            children.setdefault(_parent(int(entry.name)), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _instance_list(apptainer: Apptainer, name: str = "") -> dict[str, int]:
-    """Running instances (matching ``name``, if given) -> their pid."""
-    res = apptainer.run(["instance", "list", "--json", *([name] if name else [])], timeout=30)
-    try:
-        return {i["instance"]: int(i["pid"]) for i in json.loads(res.stdout or "{}").get("instances", [])}
-    except (ValueError, KeyError):
-        return {}
+    def _forget(self, instance: str) -> None:
+        if instance in self._instances:
+            self._instances.remove(instance)
 
 
 def _instances(apptainer: Apptainer) -> list[str]:
-    return list(_instance_list(apptainer))
+    return list(instance_list(apptainer))
 
 
 def _namespaces() -> list[str]:

@@ -9,8 +9,11 @@ nodes, the live controller and the nodes disagree about jobs for a while.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +24,9 @@ import pytest
 from sms_services import cli
 from sms_services.backup import backup, check_backup, restore
 from sms_services.cutover import cutover
+from sms_services.deploy import JOB_PROBES, LAB_ONLY
 from sms_services.errors import UserError
+from sms_services.keys import create_keypair
 from sms_services.lab import Lab
 from sms_services.project import Project
 from sms_services.rehearse import rehearse
@@ -94,12 +99,12 @@ def test_untrusted_or_unsigned_image_is_refused_before_anything_stops(
     shutil.copyfile(lab.sms_sif, unsigned)
     for obj in signatures(apptainer, unsigned):
         subprocess.run(["apptainer", "sif", "del", str(obj), str(unsigned)], check=True)
-    before = lab._instance_pids(lab.sms_instance)
+    before = lab.sms_pids()
     with pytest.raises(UserError, match="not signed"):
         cutover(lab, project, unsigned, trust=TRUST())
     with pytest.raises(UserError, match="no trusted key|not by a trusted key"):
         cutover(lab, project, lab.sms_sif, trust=Trust.release([]))
-    assert lab._instance_pids(lab.sms_instance) == before  # the running instance was never touched
+    assert lab.sms_pids() == before  # the running instance was never touched
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +131,77 @@ def test_cutover_to_a_broken_image_rolls_back_and_the_job_finishes(
     rollback = [r for r in report.results if r.phase == "rollback"]
     assert rollback and all(r.ok for r in rollback), [r.detail for r in rollback if not r.ok]
     assert finished_ok(lab, job, "during-rollback") == ""
+
+
+def smsctl(lab: Lab, project: Project, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """smsctl as an admin runs it on the infrastructure host: here, in the lab's namespace."""
+    return subprocess.run(["nsenter", f"--net=/run/netns/{lab.name}", sys.executable, "-m", "sms_services.cli",
+                           *args], capture_output=True, text=True, timeout=600, cwd=project.root,
+                          env=dict(os.environ, **env))
+
+
+def test_smsctl_start_and_cutover_of_a_recorded_instance(
+        apptainer, lab: Lab, project: Project, broken_sif: Path, tmp_path: Path) -> None:
+    """The production commands: start records the instance; cutover reads the record,
+    probes through --node-exec, refuses an untrusted image, rolls back a broken one,
+    and replaces the image under a running job."""
+    key = tmp_path / "release"
+    create_keypair(key)
+    good, bad = tmp_path / "good.sif", tmp_path / "bad.sif"
+    for src, dst in ((lab.sms_sif, good), (broken_sif, bad)):
+        shutil.copyfile(src, dst)
+        sign(apptainer, dst, key)
+    (tmp_path / "config").mkdir()
+    env = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_STATE_DIR": str(tmp_path / "state"),
+           "SMS_CONFIG_DIR": str(tmp_path / "config")}  # no trusted keys but --key's
+    name, record = lab.sms_instance, tmp_path / "state/instances" / f"{lab.sms_instance}.json"
+    node_exec = f"{apptainer.binary} exec --no-privs --pwd / instance://{lab.name}-{{node}} /bin/sh -c"
+    report = tmp_path / "cutover.json"
+    lab.stop_sms()
+    try:
+        r = smsctl(lab, project, "start", str(good), "--name", name, "--overlay", str(lab.sms_overlay),
+                   "--site", str(lab.site.path), "--provision-bridge", f"{lab.name}-p",
+                   "--public-bridge", f"{lab.name}-u", "--bind", f"{lab.work}/hosts:/etc/hosts",
+                   "--bind", f"{lab.work}/resolv.conf:/etc/resolv.conf", "--node-exec", node_exec,
+                   "--key", str(key), env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(record.read_text())["sif"] == str(good)
+        outcome = probe_services(lab)  # started by smsctl, every probe of the lab passes
+        assert outcome.ok, outcome.failed
+        job = submit(lab, 25, "during-smsctl")
+
+        before = lab.sms_pids()
+        r = smsctl(lab, project, "cutover", "--name", name, "--to", str(good), env=env)
+        assert r.returncode != 0 and "trusted" in r.stderr, r.stderr
+        assert lab.sms_pids() == before
+
+        r = smsctl(lab, project, "cutover", "--name", name, "--to", str(bad), "--deadline", "15",
+                   "--key", str(key), "--json", str(report), env=env)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "chrony" in r.stderr and "rolled back to good.sif, which answers again" in r.stderr, r.stderr
+        assert json.loads(report.read_text())["rolled_back"]
+        assert json.loads(record.read_text())["sif"] == str(good)
+
+        r = smsctl(lab, project, "cutover", "--name", name, "--to", str(good), "--key", str(key),
+                   "--json", str(report), env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "service gap" in r.stdout
+        done = json.loads(report.read_text())
+        kinds = {p["probe"].split("[")[0] for p in done["results"]}
+        assert {"slurm-ping", "munge-roundtrip", "ntp-query", "syslog-roundtrip", "smtp-deliver"} <= kinds
+        assert not kinds & (LAB_ONLY | JOB_PROBES)  # a job is running: no test jobs, no lab hosts
+        assert finished_ok(lab, job, "during-smsctl") == ""
+        history = json.loads(record.read_text())["history"]
+        assert [Path(h["sif"]).name for h in history] == ["good.sif", "bad.sif"]
+
+        r = smsctl(lab, project, "stop", "--name", name, env=env)
+        assert r.returncode == 0 and not lab.sms_pids(), r.stderr
+    finally:
+        if lab.sms_pids():
+            lab.stop_sms()
+        lab.start_sms(lab.sms_sif)
+    outcome = probe_services(lab)
+    assert outcome.ok, outcome.failed
 
 
 def test_move_to_a_second_host_keeps_a_running_job(lab: Lab, project: Project) -> None:
