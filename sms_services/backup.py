@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, UTC
 from pathlib import Path
 
-from .build import sha256_file
 from .errors import UserError
+from .files import atomic_write, sha256_file
 from .overlay import copy_overlay, frozen, in_use, usage
 
 
@@ -76,9 +76,7 @@ def backup(overlay: Path, dest: Path, *, keep: int = 7) -> Backup:
         b = Backup(str(image), sha256_file(image), str(overlay.resolve()), stamp.isoformat(timespec="microseconds"),
                    total, used, image.stat().st_blocks * 512, round(held, 3), 0.0)
         b.seconds = round(time.monotonic() - start, 3)
-        tmp = b.record.with_name(f".{b.record.name}.partial")
-        tmp.write_text(json.dumps(asdict(b), indent=2) + "\n")
-        os.replace(tmp, b.record)  # the record last: a backup without one is not a backup
+        atomic_write(b.record, json.dumps(asdict(b), indent=2) + "\n")  # the record last: a backup without one is not a backup
     except BaseException:
         image.unlink(missing_ok=True)
         raise

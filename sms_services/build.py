@@ -21,6 +21,7 @@ from collections.abc import Callable
 from .apptainer import Apptainer, last_line
 from .checks import check_variant
 from .errors import UserError
+from .files import atomic_write, sha256_file
 from .project import Project
 from .release import Variant
 from .render import render
@@ -57,14 +58,6 @@ def sif_path(project: Project, variant: Variant, out_dir: Path | None = None, ro
     out = out_dir or project.root / "build" / variant.release.id
     name = "sms-services" if role == "sms" else role
     return out / f"{name}-{variant.release.id}-{variant.kind}.sif"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_space(*dirs: Path) -> None:
@@ -200,7 +193,7 @@ class Builder:
         result.labels = self.apptainer.labels(target)
         result.seconds = round(time.monotonic() - start, 1)
         result.final_key = final_key
-        target.with_suffix(".json").write_text(result.to_json() + "\n")
+        atomic_write(target.with_suffix(".json"), result.to_json() + "\n")
         self.prune(keep={os_sif, pkg_sif}, base=variant.base.name)
         return result
 
@@ -233,9 +226,7 @@ class Builder:
         if Path(data.get("sif", "")).resolve() != sif.resolve():
             return sha, size
         data.update(sha256=sha, size=size, signer=signer, build_key_fingerprint=build_key_fingerprint)
-        tmp = record.with_name(f".{record.name}.partial")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, record)
+        atomic_write(record, json.dumps(data, indent=2, sort_keys=True) + "\n")
         return sha, size
 
     def verify_no_secrets(self, sif: Path, fragments) -> None:

@@ -28,7 +28,7 @@ from .fragment import Fragment
 from .overlay import copy_overlay, usage, write_overlay_files
 from .probes import Cluster, Result, failed_services, run_all
 from .project import Project
-from .signing import Trust, check
+from .signing import Signer, Trust, check
 from .site import Site, render_site
 
 FREE_NEEDED = 8 * 2**20  # a state save of slurmctld and a restart's logs, with room to spare
@@ -187,18 +187,23 @@ def _carry_over(lab: Running, new_frags, new_release: str, accounts: Accounts) -
 
 def cutover(lab: Running, project: Project, new_sif: Path, *, trust: Trust, deadline: float = 120,
             host: str | None = None, node_slurmd: str | list[str] = "", rollback: bool = True,
+            signer: Signer | None = None,
             say: Callable[[str], None] = lambda s: None,
             say_result: Callable[[Result], None] = lambda r: None) -> CutoverReport:
-    """Move the lab's SMS-services to ``new_sif`` (on ``host``, default where it runs now).
+    """Move SMS-services (a lab's or a recorded instance's) to ``new_sif``, on ``host``
+    (default: where it runs now).
 
-    Refuses, before stopping anything, an image its trust refuses or a Slurm step
-    Slurm does not allow. Rolls back to the old image, on the overlay as it was at
-    the stop, when a probe still fails ``deadline`` seconds after the start.
+    Refuses, before stopping anything, an image its trust refuses (``signer``: the
+    caller has checked it already), a Slurm step Slurm does not allow, or a full
+    overlay. Rolls back to the old image when a probe still fails ``deadline``
+    seconds after the start: across Slurm majors on the overlay as the old image
+    left it, within one on what the new controller wrote.
     """
     apptainer = lab.apptainer
     new_sif = new_sif.resolve()
     old_sif, old_host, old_release, old_frags = lab.sms_sif, lab.host, lab.release, lab.sms_fragments
-    signer = check(apptainer, new_sif, trust, warn=say)
+    if signer is None:
+        signer = check(apptainer, new_sif, trust, warn=say)
     old_labels, new_labels = apptainer.labels(old_sif), apptainer.labels(new_sif)
     new_release = new_labels.get("sms-services.release", "")
     if new_release not in project.matrix.releases:

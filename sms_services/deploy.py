@@ -29,6 +29,7 @@ from typing import Any
 from .accounts import Accounts, image_accounts, merge, owner_of
 from .apptainer import Apptainer
 from .errors import UserError
+from .files import atomic_write
 from .instance import (caps_of, cni_dir, exec_command, instance_pids, kill_instance, mac_for, start_instance,
                        stop_instance, write_network)
 from .overlay import read_overlay_file
@@ -39,7 +40,7 @@ from .site import load_site
 DEFAULT_STATE = Path("/var/lib/sms-services")
 DEFAULT_NODE_EXEC = "ssh -o BatchMode=yes -o ConnectTimeout=5 {node}"
 # Probes that need the lab's own public host or an SMS-mgmt the probe may change.
-LAB_ONLY = frozenset({"smtp-no-relay", "nat-route", "wwclient-sync"})
+LAB_ONLY = frozenset({"smtp-no-relay", "nat-route", "public-closed", "wwclient-sync"})
 # Probes that run test jobs: they need idle nodes, which a busy cluster does not have.
 JOB_PROBES = frozenset({"slurm-nodes-idle", "slurm-srun", "slurm-sbatch", "slurm-sacct", "slurm-job-mail"})
 
@@ -85,9 +86,7 @@ class Record:
     def save(self) -> None:
         path = self.path_of(self.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(asdict(self), indent=2) + "\n")
 
 
 class Deployment:

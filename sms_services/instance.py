@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .apptainer import Apptainer, last_line
 from .errors import UserError
+from .files import atomic_write
 from .fragment import Fragment
 from .overlay import loop_device
 
@@ -59,9 +60,7 @@ def write_network(directory: Path, net: str, bridge: str, *, forward: bool = Fal
         plugins.append({"type": "tuning", "sysctl": {"net.ipv4.ip_forward": "1"}})
     path = directory / f"{net}.conflist"
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"cniVersion": "1.0.0", "name": net, "plugins": plugins}, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"cniVersion": "1.0.0", "name": net, "plugins": plugins}, indent=1))
     return path
 
 

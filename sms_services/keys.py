@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import UserError
+from .files import atomic_write
 
 KEY_TYPES = ("ec", "ed25519", "rsa")
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
@@ -77,22 +77,9 @@ def load_public(path: Path) -> object:
         raise UserError(f"{path}: not a PEM public key, private key or certificate ({err})") from None
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomically, and created with ``mode`` from the start: a private key is never
-    readable by others, not even for a moment."""
-    tmp = path.with_name(f".{path.name}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_private(path: Path, key: PrivateKey) -> None:
-    _write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()), 0o600)
+    atomic_write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()), 0o600)
 
 
 def _file(prefix: Path, suffix: str) -> Path:
@@ -135,7 +122,7 @@ def create_ca(prefix: Path, *, kind: str = "ec", name: str = "sms-services site 
     prefix.parent.mkdir(parents=True, exist_ok=True)
     _write_private(private, key)
     crt = _file(prefix, ".crt")
-    _write(crt, _certificate(name, None, key.public_key(), key, days, ca=True), 0o644)
+    atomic_write(crt, _certificate(name, None, key.public_key(), key, days, ca=True), 0o644)
     return crt
 
 
@@ -160,12 +147,12 @@ def create_keypair(prefix: Path, *, kind: str = "ec", ca: Path | None = None, na
     key = _generate(kind)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     _write_private(private, key)
-    _write(public, key.public_key().public_bytes(serialization.Encoding.PEM,
+    atomic_write(public, key.public_key().public_bytes(serialization.Encoding.PEM,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
     cert = None
     if ca is not None:
         cert = _file(prefix, ".crt")
-        _write(cert, _issue(key, ca, name or prefix.name, days), 0o644)
+        atomic_write(cert, _issue(key, ca, name or prefix.name, days), 0o644)
     return KeyPair(private, public, cert, fingerprint(key.public_key()), describe(key.public_key()))
 
 

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .apptainer import Apptainer, last_line
-from .build import sha256_file
 from .errors import UserError
+from .files import atomic_write, sha256_file
 from .report import passed_report
 from .signing import Signer, Trust, check, content_digest
 
@@ -74,9 +74,7 @@ class DirectoryLibrary:
             fcntl.flock(lock, fcntl.LOCK_EX)
             index = self._read()
             yield index
-            tmp = self.index_path.with_name(f".index.json.{os.getpid()}.partial")
-            tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, self.index_path)
+            atomic_write(self.index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     def _read(self) -> dict:
         if not self.index_path.exists():

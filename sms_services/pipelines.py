@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from .files import atomic_write
 from .project import Project
 from .release import Release
 
@@ -281,9 +282,7 @@ def write_pipelines(project: Project) -> tuple[list[Path], list[Path]]:
         if path.is_file() and path.read_text() == text:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write(path, text)
         written.append(rel)
     for rel in _stale(root, wanted):
         (root / rel).unlink()

@@ -27,6 +27,7 @@ class Cluster(Protocol):
     """What probes need from a running lab (see lab.py)."""
 
     nodes: list[str]
+    sms_fragments: tuple[Fragment, ...]
     sms_ip: str
     sms_public_ip: str
     public_host_ip: str
@@ -83,6 +84,21 @@ msg = f"From: slurm@{sys.argv[4]}\r\nTo: {rcpt}\r\nSubject: Slurm Job_id=0 Name=
 with smtplib.SMTP(host, 25, timeout=10) as s:
     s.sendmail(f"slurm@{sys.argv[4]}", [rcpt], msg)
 print("accepted")
+"""
+
+PORTS_OPEN = r"""
+import socket, sys, threading
+open_ = []
+def knock(port):
+    try:
+        socket.create_connection((sys.argv[1], int(port)), timeout=1).close()
+        open_.append(port)
+    except OSError:
+        pass
+knocks = [threading.Thread(target=knock, args=(p,)) for p in sys.argv[2:]]
+for t in knocks: t.start()
+for t in knocks: t.join()
+print(" ".join(sorted(open_, key=int)))
 """
 
 RELAY_TRY = r"""
@@ -245,6 +261,19 @@ def nat_route(c: Cluster, p: dict) -> str:
     return f"{c.nodes[0]} -> {c.public_host_ip} masqueraded as {seen}"
 
 
+def public_closed(c: Cluster, p: dict) -> str:
+    """Every TCP port a fragment serves (on the provisioning network or loopback) is
+    closed to the public network: slurmctld or syslog answering there is an exposure."""
+    ports = sorted({str(port.port) for f in c.sms_fragments for port in f.ports
+                    if port.proto == "tcp" and port.network != "public"}, key=int)
+    seen = _ok(c.on_public(_py(PORTS_OPEN, c.sms_public_ip, *ports)), "connections from the public side").split()
+    if seen:
+        what = {str(port.port): port.what for f in c.sms_fragments for port in f.ports}
+        raise ProbeFailed("open to the public network on " + c.sms_public_ip + ": " +
+                          ", ".join(f"{p}/tcp ({what[p]})" for p in seen))
+    return f"{', '.join(ports)}/tcp closed to the public network"
+
+
 def cron_heartbeat(c: Cluster, p: dict) -> str:
     rc, out, _ = c.on_sms(["sh", "-c", "pgrep -x cron || pgrep -x crond"])
     if rc != 0:
@@ -287,6 +316,7 @@ KINDS: dict[str, Callable[[Cluster, dict], str]] = {
     "smtp-deliver": smtp_deliver,
     "smtp-no-relay": smtp_no_relay,
     "nat-route": nat_route,
+    "public-closed": public_closed,
     "cron-heartbeat": cron_heartbeat,
     "wwclient-sync": wwclient_sync,
     "process": process,

@@ -69,8 +69,9 @@ def rehearse(project: Project, apptainer: Apptainer, new_sif: Path, overlay: Pat
     old_release = old_labels.get("sms-services.release", "")
     if old_release not in project.matrix.releases:
         raise UserError(f"{old_sif}: not an SMS-services image (no known sms-services.release label)")
+    signer = None
     try:
-        check(apptainer, new_sif, trust, warn=say)
+        signer = check(apptainer, new_sif, trust, warn=say)
     except UserError as err:
         report.reasons.append(f"signature: {err}")
     # Nodes keep the old release's slurmd until they are reprovisioned.
@@ -89,10 +90,10 @@ def rehearse(project: Project, apptainer: Apptainer, new_sif: Path, overlay: Pat
             copy_overlay(overlay, copy)
         say(f"rehearsing on a copy of {overlay}")
         with open_lab(project, apptainer, old_release, sif=old_sif, site_path=site_path, name=name, trust=trust,
-                      overlay=copy, say=say) as lab:
+                      overlay=copy, compute_sif=compute_sif, say=say) as lab:
             report.jobs_before, report.nodes_before = cluster_state(lab)
             result: CutoverReport = cutover(lab, project, new_sif, trust=trust, deadline=deadline,
-                                            node_slurmd=node_slurmd, rollback=False, say=say)
+                                            node_slurmd=node_slurmd, rollback=False, signer=signer, say=say)
             report.cutover = result.to_dict()
             report.reasons += result.reasons
             if result.ok:

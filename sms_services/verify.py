@@ -16,8 +16,9 @@ from pathlib import Path
 from collections.abc import Callable
 
 from .apptainer import Apptainer
-from .build import Builder, sha256_file
+from .build import Builder
 from .errors import UserError
+from .files import sha256_file
 from .lab import Lab
 from .probes import Result, failed_services, run_all, to_json
 from .project import Project
@@ -75,18 +76,23 @@ def probe_services(lab: Lab, *, only: set[str] | None = None, skip: set[str] = f
 @contextmanager
 def open_lab(project: Project, apptainer: Apptainer, release: str, *, sif: Path | None = None,
              site_path: Path | None = None, name: str = "", trust: Trust | None = None,
-             overlay: Path | None = None, say: Callable[[str], None] = lambda s: None) -> Iterator[Lab]:
+             overlay: Path | None = None, compute_sif: Path | None = None,
+             say: Callable[[str], None] = lambda s: None) -> Iterator[Lab]:
     """A running lab cluster for ``release``, torn down when the block ends (however it ends).
 
     Nothing starts that its trust refuses: unsigned, untrusted or tampered images
-    end here in one line (see signing.py).
+    end here in one line (see signing.py). ``compute_sif``: the caller has prepared
+    the compute image already (``prepare_images``).
     """
     rel = project.matrix.get(release)
     variant = rel.variant("debian")
     trust = trust or Trust.candidate()
     # A given image is checked before anything is built: a refusal costs no build.
     signer = check(apptainer, sif, trust, warn=say) if sif is not None else None
-    sms_sif, compute_sif = prepare_images(project, apptainer, release, sif, say)
+    if sif is None or compute_sif is None:
+        sms_sif, compute_sif = prepare_images(project, apptainer, release, sif, say)
+    else:
+        sms_sif = sif
     if sif is None:
         signer = check(apptainer, sms_sif, trust, warn=say)
     check(apptainer, compute_sif, Trust.candidate(), warn=say)

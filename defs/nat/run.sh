@@ -17,4 +17,14 @@ iptables -C FORWARD -s "$SMS_PROVISION_NETWORK" -o "$SMS_PUBLIC_INTERFACE" -j AC
     iptables -A FORWARD -s "$SMS_PROVISION_NETWORK" -o "$SMS_PUBLIC_INTERFACE" -j ACCEPT
 iptables -C FORWARD -d "$SMS_PROVISION_NETWORK" -m state --state RELATED,ESTABLISHED -j ACCEPT 2>/dev/null ||
     iptables -A FORWARD -d "$SMS_PROVISION_NETWORK" -m state --state RELATED,ESTABLISHED -j ACCEPT
-echo "nat: $SMS_PROVISION_NETWORK masqueraded out of $SMS_PUBLIC_INTERFACE"
+# The public network reaches no service here: every fragment serves the provisioning
+# network (or loopback) only, but slurmctld and rsyslog listen on every address.
+# Replies to what SMS-services started (NTP, mail relay, syslog forward) and ICMP
+# still come in. REJECT, not DROP: a client on the public side is told at once
+# instead of waiting for its timeout. `-C` before `-A` keeps a re-run from stacking rules.
+for rule in "-m state --state RELATED,ESTABLISHED -j ACCEPT" "-p icmp -j ACCEPT" "-j REJECT"; do
+    # shellcheck disable=SC2086 # each rule is meant to split into words
+    iptables -C INPUT -i "$SMS_PUBLIC_INTERFACE" $rule 2>/dev/null ||
+        iptables -A INPUT -i "$SMS_PUBLIC_INTERFACE" $rule
+done
+echo "nat: $SMS_PROVISION_NETWORK masqueraded out of $SMS_PUBLIC_INTERFACE; nothing served to it"

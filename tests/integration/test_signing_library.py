@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from sms_services import cli
-from sms_services.build import Builder, sha256_file
+from sms_services.build import Builder
+from sms_services.files import sha256_file
 from sms_services.errors import UserError
 from sms_services.library import DirectoryLibrary
 from sms_services.project import Project

@@ -48,9 +48,11 @@ BREAKS: dict[str, tuple[str, list[list[str]], list[list[str]], str]] = {
     "slurmdbd": ("4.1", _stop("slurmdbd"), _start("slurmdbd"), "slurm-sacct"),
 }
 
-# The classic open relay: listening everywhere with mynetworks far too wide. (Dropping
-# reject_unauth_destination instead is refused by smtpd itself, so that is no test.)
+# The classic open relay: listening everywhere with mynetworks far too wide, and the
+# public side's firewall opened for mail. (Dropping reject_unauth_destination instead
+# is refused by smtpd itself, so that is no test.)
 OPEN_RELAY = ["postconf", "-e", "inet_interfaces = all", "mynetworks = 0.0.0.0/0"]
+SMTP_FROM_PUBLIC = ["INPUT", "-i", "eth1", "-p", "tcp", "--dport", "25", "-j", "ACCEPT"]
 
 
 @pytest.fixture(scope="module")
@@ -116,18 +118,53 @@ def test_the_job_probes_fail_when_jobs_cannot_run_or_mail(lab: Lab, case: str) -
     assert healed.ok, [(r.probe, r.detail) for r in healed.results if not r.ok]
 
 
+HEARTBEAT = "/run/sms-services/cron-heartbeat"
+SYSLOG_TCP_BLOCKED = ["INPUT", "-p", "tcp", "--dport", "514", "-j", "REJECT", "--reject-with", "tcp-reset"]
+# Half of a service broken: only the probe of that half may fail, the other half still passes.
+# name -> (service, how to break, how to repair, the one probe that must fail, what its detail says)
+HALF_BREAKS: dict[str, tuple[str, list[list[str]], list[list[str]], str, str]] = {
+    # A firewall rule that lets UDP syslog through but not TCP.
+    "syslog-tcp-blocked": ("rsyslog", [["iptables", "-I", *SYSLOG_TCP_BLOCKED]],
+                           [["iptables", "-D", *SYSLOG_TCP_BLOCKED]], "syslog-roundtrip[proto=tcp]", "over tcp"),
+    # cron runs, but its @reboot jobs never did (e.g. a crontab lost from the overlay).
+    "cron-reboot-job-missing": ("cron", [["cp", HEARTBEAT, f"{HEARTBEAT}.saved"], ["rm", HEARTBEAT]],
+                                [["mv", f"{HEARTBEAT}.saved", HEARTBEAT]], "cron-heartbeat",
+                                "@reboot heartbeat job did not run"),
+    # A firewall reload that lost the public side's last rule: slurmctld, syslog... answer there.
+    "public-side-open": ("nat", [["iptables", "-D", "INPUT", "-i", "eth1", "-j", "REJECT"]],
+                         [[*CTL, "start", "nat"]], "public-closed", "open to the public network"),
+}
+
+
+@pytest.mark.parametrize("lab,case", [("3.5", k) for k in sorted(HALF_BREAKS)], indirect=["lab"])
+def test_half_a_service_broken_fails_only_that_probe(lab: Lab, case: str) -> None:
+    service, breaks, repair, probe, detail = HALF_BREAKS[case]
+    _run(lab, breaks)
+    try:
+        broken = probe_services(lab, only={service}, ready_timeout=4, probe_timeout=4)
+        failed = [r for r in broken.results if not r.ok]
+        assert [r.probe for r in failed] == [probe], [(r.probe, r.detail) for r in failed]
+        assert detail in failed[0].detail, failed[0].detail
+        assert broken.failed_services == [service]
+    finally:
+        _run(lab, repair)
+    healed = probe_services(lab, only={service}, ready_timeout=30)
+    assert healed.ok, [(r.probe, r.detail) for r in healed.results if not r.ok]
+
+
 @pytest.mark.parametrize("lab", ["3.5"], indirect=True)
 def test_an_open_relay_fails_the_relay_probe(lab: Lab) -> None:
     saved = lab.on_sms(["cp", "/etc/postfix/main.cf", "/etc/postfix/main.cf.test-saved"])
     assert saved[0] == 0
-    _run(lab, [OPEN_RELAY, [*CTL, "restart", "postfix"]])
+    _run(lab, [OPEN_RELAY, ["iptables", "-I", *SMTP_FROM_PUBLIC], [*CTL, "restart", "postfix"]])
     try:
         broken = probe_services(lab, only={"postfix"}, ready_timeout=8, probe_timeout=8)
         _fails_naming(broken, "postfix", "smtp-no-relay")
         relay = next(r for r in broken.results if r.probe == "smtp-no-relay")
         assert "RCPT answered 250" in relay.detail
     finally:
-        _run(lab, [["mv", "/etc/postfix/main.cf.test-saved", "/etc/postfix/main.cf"],
+        _run(lab, [["iptables", "-D", *SMTP_FROM_PUBLIC],
+                   ["mv", "/etc/postfix/main.cf.test-saved", "/etc/postfix/main.cf"],
                    [*CTL, "restart", "postfix"]])
     assert probe_services(lab, only={"postfix"}, ready_timeout=30).ok
 
