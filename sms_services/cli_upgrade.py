@@ -88,6 +88,41 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .apptainer import Apptainer
+    from .cli import out_console
+    from .deploy import Record, records
+    from .errors import UserError
+    from .instance import instance_pids
+    from .overlay import usage
+
+    apptainer = Apptainer.find()
+    found = [Record.load(args.name)] if args.name else records()
+    rows = []
+    for rec in found:
+        running = bool(instance_pids(apptainer, rec.name))
+        try:
+            used, total = usage(Path(rec.overlay))
+            space = f"{used / 2**20:.0f}/{total / 2**20:.0f} MiB"
+        except (UserError, OSError):  # a missing or unreadable overlay is itself the news
+            space = "unreadable"
+        rows.append({**rec.__dict__, "running": running, "overlay_use": space})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="SMS-services instances on this host")
+    for col in ("name", "state", "release", "image", "signed by", "since", "overlay", "earlier images"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], "running" if r["running"] else "[red]stopped[/red]", r["release"],
+                      Path(r["sif"]).name, r["signer"], r["started"], f"{r['overlay']} ({r['overlay_use']})",
+                      str(len(r["history"])))
+    out_console.print(table)
+    return 0
+
+
 def cmd_cutover(args: argparse.Namespace) -> int:
     from .apptainer import Apptainer
     from .cli import _project, _sif_of, _trust, err_console, out_console
@@ -148,6 +183,11 @@ def add_parsers(sub, trust_args: Callable[[argparse.ArgumentParser], None]) -> N
     s.add_argument("--allow-unsigned", action="store_true", help="start an unsigned image (development only)")
     trust_args(s)
     s.set_defaults(func=cmd_start)
+
+    s = sub.add_parser("status", help="the recorded SMS-services instances: image, signer, running, overlay")
+    s.add_argument("--name", help="only this instance")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("stop", help="stop a recorded SMS-services instance")
     s.add_argument("--name", default="sms-services")

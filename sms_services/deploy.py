@@ -287,8 +287,18 @@ def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overl
                     provision_bridge=provision_bridge, public_bridge=public_bridge, node_exec=node_exec,
                     binds=list(binds or []), signer=signer)
     dep = Deployment(project, apptainer, record)
-    dep.start_sms(sif)
+    try:
+        dep.start_sms(sif)
+    except BaseException:
+        dep.close()
+        raise
     return dep
+
+
+def records() -> list[Record]:
+    """Every recorded instance of this host."""
+    folder = state_dir() / "instances"
+    return [Record.load(p.stem) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def stop(project: Project, apptainer: Apptainer, name: str) -> float:

@@ -166,6 +166,9 @@ def test_smsctl_start_and_cutover_of_a_recorded_instance(
                    "--key", str(key), env=env)
         assert r.returncode == 0, r.stderr
         assert json.loads(record.read_text())["sif"] == str(good)
+        r = smsctl(lab, project, "status", "--json", env=env)
+        (status,) = json.loads(r.stdout)
+        assert status["running"] and status["release"] == "3.5" and "MiB" in status["overlay_use"], r.stdout
         outcome = probe_services(lab)  # started by smsctl, every probe of the lab passes
         assert outcome.ok, outcome.failed
         job = submit(lab, 25, "during-smsctl")
@@ -196,6 +199,7 @@ def test_smsctl_start_and_cutover_of_a_recorded_instance(
 
         r = smsctl(lab, project, "stop", "--name", name, env=env)
         assert r.returncode == 0 and not lab.sms_pids(), r.stderr
+        assert not json.loads(smsctl(lab, project, "status", "--json", env=env).stdout)[0]["running"]
     finally:
         if lab.sms_pids():
             lab.stop_sms()
