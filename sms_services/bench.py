@@ -78,7 +78,7 @@ def _timed_upgrade(project: Project, apptainer: Apptainer, release: str, cutover
         "stop_median_s": round(statistics.median(r.stop_s for r in reports), 2),
         "start_median_s": round(statistics.median(r.start_s for r in reports), 2),
         "green_after_start_median_s": round(statistics.median(r.green_s for r in reports), 2),
-        "rehearsal_s": round(rehearse_s, 1), "rehearsal_go": rehearsal.go,
+        "rehearsal_s": round(rehearse_s, 1), "rehearsal_go": rehearsal.go, "rehearsal_reasons": rehearsal.reasons,
         "backup_s": round(backup_s, 3), "backup_writes_held_s": max(b.frozen_s for b in copies),
         "backup_stored_mib": round(copies[-1].stored_bytes / 2**20, 2),
         "overlay_used_mib": round(copies[-1].used_bytes / 2**20, 2),

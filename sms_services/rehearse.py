@@ -55,6 +55,32 @@ def cluster_state(lab: Lab) -> tuple[list[str], list[str]]:
     return jobs, nodes
 
 
+def quiesce(lab: Lab, timeout: float = 60) -> None:
+    """Keep the copy's jobs off the rehearsal lab's nodes, which are not the live ones.
+
+    What the copy says is running runs on the live nodes: here those jobs are ghosts
+    holding nodes until Slurm gives up on them (about a minute). What is pending
+    would start on the lab's nodes. Cancel the one, hold the other (their ids stay
+    in the queue for the comparison) and wait for idle nodes, so the probes test
+    the new controller and not Slurm's clean-up.
+    """
+    def ids(states: str) -> list[str]:
+        return lab.on_sms(["squeue", "-h", "-t", states, "-o", "%i"])[1].split()
+
+    pending = ids("PD")
+    if pending:
+        lab.on_sms(["scontrol", "hold", ",".join(pending)])
+    running = ids("R,CG,S")
+    if running:
+        lab.on_sms(["scancel", *running])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = lab.on_sms(["sinfo", "-h", "-N", "-o", "%T"])[1].split()
+        if states and all(s == "idle" for s in states):
+            return
+        time.sleep(0.5)
+
+
 def rehearse(project: Project, apptainer: Apptainer, new_sif: Path, overlay: Path, *, old_sif: Path,
              trust: Trust, site_path: Path | None = None, name: str = "smsrehearse", deadline: float = 120,
              say: Callable[[str], None] = lambda s: None) -> Rehearsal:
@@ -92,6 +118,7 @@ def rehearse(project: Project, apptainer: Apptainer, new_sif: Path, overlay: Pat
         with open_lab(project, apptainer, old_release, sif=old_sif, site_path=site_path, name=name, trust=trust,
                       overlay=copy, compute_sif=compute_sif, say=say) as lab:
             report.jobs_before, report.nodes_before = cluster_state(lab)
+            quiesce(lab)
             result: CutoverReport = cutover(lab, project, new_sif, trust=trust, deadline=deadline,
                                             node_slurmd=node_slurmd, rollback=False, signer=signer, say=say)
             report.cutover = result.to_dict()

@@ -277,16 +277,30 @@ def test_rehearsal_says_no_go_for_a_step_slurm_does_not_allow(
 
 
 def test_rehearsal_on_a_copy_of_the_live_overlay_says_go(apptainer, lab: Lab, project: Project) -> None:
+    """A busy live cluster: a job finished, one running (a ghost in the rehearsal lab, whose
+    nodes do not run it) and one pending (which must not start there)."""
     job = submit(lab, 1, "before-rehearsal")
     assert finished_ok(lab, job, "before-rehearsal") == ""
+    running = submit(lab, 60, "during-rehearsal")
+    rc, out, err = lab.on_node("c1", ["sbatch", "--parsable", "--begin=now+1hour", "--wrap", "true"])
+    assert rc == 0, err
+    pending = out.strip()
     time.sleep(6)  # slurmctld writes its state within seconds, not at once
-    report = rehearse(project, apptainer, lab.sms_sif, lab.sms_overlay, old_sif=lab.sms_sif, trust=TRUST(),
-                      name="smsreh")
-    assert report.go, report.reasons
-    assert job in report.jobs_before and job in report.jobs_after
-    assert report.nodes_after == report.nodes_before == ["c1", "c2"]
-    assert report.cutover["ok"] and report.cutover["gap_s"] is not None
-    assert probe_services(lab, ready_timeout=30).ok  # the live lab never noticed
+    try:
+        report = rehearse(project, apptainer, lab.sms_sif, lab.sms_overlay, old_sif=lab.sms_sif, trust=TRUST(),
+                          name="smsreh")
+        assert report.go, report.reasons
+        for j in (job, running, pending):
+            assert j in report.jobs_before and j in report.jobs_after, (j, report.jobs_before, report.jobs_after)
+        assert report.nodes_after == report.nodes_before == ["c1", "c2"]
+        assert report.cutover["ok"] and report.cutover["gap_s"] is not None
+        # The live lab never noticed: its job still runs, its pending job still waits.
+        states = lab.on_sms(["squeue", "-h", "-j", f"{running},{pending}", "-o", "%i %T"])[1].split()
+        assert states == [running, "RUNNING", pending, "PENDING"] or \
+            states == [pending, "PENDING", running, "RUNNING"], states
+    finally:
+        lab.on_sms(["scancel", running, pending])
+    assert probe_services(lab, ready_timeout=30).ok
 
 
 @pytest.fixture(scope="module")
