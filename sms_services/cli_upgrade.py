@@ -123,6 +123,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from .apptainer import Apptainer
+    from .cli import _project, out_console
+    from .deploy import Deployment, Record
+    from .reconcile import reconcile
+
+    with Deployment(_project(args), Apptainer.find(), Record.load(args.name)) as dep:
+        found = reconcile(dep, dry_run=args.dry_run)
+    verb = "would cancel" if args.dry_run else "cancelled"
+    out_console.print(f"{len(found.running)} running job(s) confirmed by their node; {verb} "
+                      f"{len(found.ghosts)} that no node runs{': ' + ' '.join(found.ghosts) if found.ghosts else ''}")
+    if found.unknown:
+        out_console.print(f"not asked (their node did not answer --node-exec): {' '.join(found.unknown)}")
+        return 1
+    return 0
+
+
 def cmd_cutover(args: argparse.Namespace) -> int:
     from .apptainer import Apptainer
     from .cli import _project, _sif_of, _trust, err_console, out_console
@@ -192,6 +209,11 @@ def add_parsers(sub, trust_args: Callable[[argparse.ArgumentParser], None]) -> N
     s = sub.add_parser("stop", help="stop a recorded SMS-services instance")
     s.add_argument("--name", default="sms-services")
     s.set_defaults(func=cmd_stop)
+
+    s = sub.add_parser("reconcile", help="after a restore: cancel the jobs the controller runs that no node runs")
+    s.add_argument("--name", default="sms-services", help="the recorded instance (default sms-services)")
+    s.add_argument("--dry-run", action="store_true", help="only list them")
+    s.set_defaults(func=cmd_reconcile)
 
     s = sub.add_parser("cutover", help="replace a running SMS-services with NEW; roll back if a probe fails")
     s.add_argument("--to", required=True, metavar="NEW", help="the new image (a SIF or a release id)")
