@@ -228,21 +228,32 @@ def cutover(lab: Running, project: Project, new_sif: Path, *, trust: Trust, dead
     # meanwhile stay finished (a copy would bring them back as running).
     same_major = slurm.major(old_labels["sms-services.slurm.installed"]) == \
         slurm.major(new_labels["sms-services.slurm.installed"])
-    before = None if same_major else lab.work / "overlay-before-cutover.img"
+    # Beside the overlay, not in a scratch folder: the rollback renames it into place,
+    # which only works on the same filesystem.
+    before = None if same_major else lab.sms_overlay.with_name(f".{lab.sms_overlay.name}.before-cutover")
     watch = ControllerWatch(lab, lab.nodes[0])
     try:
         watch.wait_up()
         since = time.time()
         say(f"stopping {old_sif.name}")
         report.stop_s = lab.stop_sms()
-        if before is not None:
-            copy_overlay(lab.sms_overlay, before)
-        if accounts is not None:
-            report.renumbered = renumbered((lab.passwd, lab.group, lab.shadow), accounts)
-            report.site_files_changed = _carry_over(lab, new_frags, new_release, accounts)
-        lab.release, lab.sms_fragments = new_release, new_frags
-        say(f"starting {new_sif.name}" + (f" on {report.host}" if report.host else ""))
-        report.start_s = lab.start_sms(new_sif, host=report.host)
+        try:
+            if before is not None:
+                copy_overlay(lab.sms_overlay, before)
+            if accounts is not None:
+                report.renumbered = renumbered((lab.passwd, lab.group, lab.shadow), accounts)
+                report.site_files_changed = _carry_over(lab, new_frags, new_release, accounts)
+            lab.release, lab.sms_fragments = new_release, new_frags
+            say(f"starting {new_sif.name}" + (f" on {report.host}" if report.host else ""))
+            report.start_s = lab.start_sms(new_sif, host=report.host)
+        except (UserError, OSError) as err:
+            # The new image never ran (no copy space, no start): the old one must not stay down.
+            if before is not None and before.exists():  # (complete: copy_overlay renames when done)
+                os.replace(before, lab.sms_overlay)
+            lab.release, lab.sms_fragments = old_release, old_frags
+            lab.start_sms(old_sif, host=old_host)
+            raise UserError(f"cutover to {new_sif.name} failed before it started ({err}); "
+                            f"{old_sif.name} runs again") from None
         results = run_all(lab, new_frags, ready_timeout=deadline, phase="cutover", skip=lab.probe_skip,
                           say=say_result)
         report.green_s = round(time.monotonic() - lab.sms_started_at, 2)

@@ -108,6 +108,15 @@ def test_untrusted_or_unsigned_image_is_refused_before_anything_stops(
     assert lab.sms_pids() == before  # the running instance was never touched
 
 
+def test_a_new_image_that_cannot_start_brings_the_old_one_back(lab: Lab, project: Project) -> None:
+    """The start itself fails (here: a host that does not exist): SMS-services must not stay down."""
+    with pytest.raises(UserError, match="failed before it started .* runs again"):
+        cutover(lab, project, lab.sms_sif, trust=TRUST(), host=f"{lab.name}-nohost")
+    assert lab.host == "" and lab.sms_pids()
+    outcome = probe_services(lab, ready_timeout=60)
+    assert outcome.ok, outcome.failed
+
+
 @pytest.fixture(scope="module")
 def broken_sif(apptainer, lab: Lab, tmp_path_factory) -> Path:
     """The same image with chronyd made unrunnable: a service that fails its probe."""
@@ -346,17 +355,18 @@ def test_backup_under_load_restores_into_a_fresh_instance(lab: Lab, tmp_path: Pa
         time.sleep(3)
         early = list(submitted)
         time.sleep(6)  # slurmctld writes its state within seconds of a change, not at once
-        b = backup(lab.sms_overlay, tmp_path / "backups", keep=2)
+        under_load = backup(lab.sms_overlay, tmp_path / "under-load", keep=1)
         time.sleep(2)
     finally:
         stop.set()
         load.join()
     assert early, "no job was submitted before the backup"
     assert finished_ok(lab, ghost, "ghost") == ""
-    assert b.frozen_s < 5 and b.stored_bytes < b.overlay_bytes
+    assert under_load.frozen_s < 5 and under_load.stored_bytes < under_load.overlay_bytes
     for _ in range(3):
-        b = backup(lab.sms_overlay, tmp_path / "backups", keep=2)  # (later ones hold every earlier job too)
+        b = backup(lab.sms_overlay, tmp_path / "backups", keep=2)
     assert len(list((tmp_path / "backups").glob("*.img"))) == 2  # retention
+    b = under_load  # the one restored below: the ghost job was running when it was taken
 
     # A corrupted backup is refused and leaves the target alone.
     bad = tmp_path / "bad.img"
@@ -383,7 +393,8 @@ def test_backup_under_load_restores_into_a_fresh_instance(lab: Lab, tmp_path: Pa
         # reconcile asks the node and cancels it.
         assert probe_services(lab, only={"slurmctld"}, ready_timeout=60, skip={"slurm-nodes-idle", "slurm-srun",
                               "slurm-sbatch", "slurm-job-mail"}).ok
-        assert lab.on_sms(["squeue", "-h", "-j", ghost, "-o", "%T"])[1].strip() == "RUNNING"
+        state = lab.on_sms(["squeue", "-h", "-j", ghost, "-o", "%T"])[1].strip()
+        assert state == "RUNNING", (ghost, state, lab.on_sms(["squeue", "-h", "-t", "all", "-o", "%i %T"])[1][-400:])
         found = reconcile(lab)
         assert found.ghosts == [ghost] and not found.unknown, found
         # Not new jobs: the restored controller hands out again the job ids the lost one
