@@ -217,7 +217,7 @@ def cutover(lab: Running, project: Project, new_sif: Path, *, trust: Trust, dead
         raise UserError(f"cutover refused: overlay {lab.sms_overlay} is full ({used / 2**20:.0f} of "
                         f"{total / 2**20:.0f} MiB in use); slurmctld could not save its state: free space "
                         "(old logs, /var/tmp) or grow the overlay first")
-    new_frags = project.ordered(project.matrix.get(new_release).variant("debian"))
+    new_frags = project.sms_fragments(new_release)
     report = CutoverReport(str(old_sif), str(new_sif), old_release, new_release,
                            host if host is not None else old_host, signer=str(signer) if signer else "UNSIGNED")
     # Read before the stop: the gap should not include reading the images.

@@ -15,6 +15,7 @@ jobs) are left out unless asked for.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -30,7 +31,7 @@ from .accounts import Accounts, image_accounts, merge, owner_of
 from .apptainer import Apptainer
 from .errors import UserError
 from .files import atomic_write
-from .instance import (caps_of, cni_dir, exec_command, instance_pids, kill_instance, mac_for, start_instance,
+from .instance import (RunsCommands, caps_of, cni_dir, exec_command, instance_pids, mac_for, start_instance,
                        stop_instance, write_network)
 from .overlay import read_overlay_file
 from .probes import ProbeFailed
@@ -89,7 +90,7 @@ class Record:
         atomic_write(path, json.dumps(asdict(self), indent=2) + "\n")
 
 
-class Deployment:
+class Deployment(RunsCommands):
     """A recorded production instance, with what probes and a cutover need of it."""
 
     host = ""  # a deployment is replaced on the host it runs on
@@ -99,7 +100,7 @@ class Deployment:
         self.sms_sif = Path(record.sif)
         self.sms_overlay = Path(record.overlay)
         self.release = record.release
-        self.sms_fragments = fragments_of(project, record.release)
+        self.sms_fragments = project.sms_fragments(record.release)
         self.site = load_site(Path(record.site), self.sms_fragments, list(project.fragments.values()))
         self.nodes = [str(n["name"]) for n in self.site.values.get("nodes", [])]
         self.probe_skip = LAB_ONLY if jobs else LAB_ONLY | JOB_PROBES
@@ -139,21 +140,6 @@ class Deployment:
             return exec_command(self.apptainer, self.record.name, caps_of(self.sms_fragments), command)
         return [*shlex.split(self.record.node_exec.replace("{node}", node)), shlex.join(command)]
 
-    def _exec(self, node: str | None, command: list[str], stdin: str | None, timeout: float) -> tuple[int, str, str]:
-        try:
-            p = subprocess.run(self.exec_command(node, command), input=stdin, capture_output=True, text=True,
-                               timeout=timeout, cwd="/")
-        except subprocess.TimeoutExpired:
-            return 124, "", f"timed out after {timeout:.0f} s: {' '.join(command)}"
-        return p.returncode, p.stdout, p.stderr
-
-    def on_sms(self, command: list[str], stdin: str | None = None, timeout: float = 30) -> tuple[int, str, str]:
-        return self._exec(None, command, stdin, timeout)
-
-    def on_node(self, node: str, command: list[str], stdin: str | None = None,
-                timeout: float = 30) -> tuple[int, str, str]:
-        return self._exec(node, command, stdin, timeout)
-
     def on_public(self, command: list[str], timeout: float = 30) -> tuple[int, str, str]:
         raise ProbeFailed("a live cluster has no lab public host to probe from")
 
@@ -175,9 +161,6 @@ class Deployment:
     def stop_sms(self) -> float:
         seconds, _ = stop_instance(self.apptainer, self.record.name, self.sms_overlay)
         return seconds  # (the `instance stop` left finishing needs nobody to wait for it)
-
-    def kill_sms(self) -> None:
-        kill_instance(self.apptainer, self.record.name, self.sms_overlay)
 
     def start_sms(self, sif: Path, *, host: str = "") -> float:
         """Start ``sif`` as the recorded instance: same name, addresses, MAC, overlay, binds."""
@@ -240,13 +223,6 @@ class Deployment:
                 {"/etc/munge/munge.key": 0o400, "/etc/slurm/slurmdbd.conf": 0o600})
 
 
-def fragments_of(project: Project, release: str):
-    try:
-        return project.ordered(project.matrix.get(release).variant("debian"))
-    except KeyError:
-        raise UserError(f"release {release!r} is not in releases.yaml") from None
-
-
 def is_bridge(name: str) -> bool:
     """A Linux bridge of this network namespace (netlink: /sys may show another namespace's)."""
     try:
@@ -258,8 +234,6 @@ def is_bridge(name: str) -> bool:
 
 
 def _prefix(network: object) -> int:
-    import ipaddress
-
     return ipaddress.ip_network(str(network)).prefixlen
 
 

@@ -91,6 +91,29 @@ def exec_command(apptainer: Apptainer, instance: str, caps: list[str], command: 
             "--pwd", "/", f"instance://{instance}", *command]
 
 
+class RunsCommands:
+    """``on_sms``/``on_node`` for the probes, given ``exec_command`` (lab and deployment)."""
+
+    def exec_command(self, node: str | None, command: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def _exec(self, node: str | None, command: list[str], stdin: str | None,
+              timeout: float) -> tuple[int, str, str]:
+        try:
+            p = subprocess.run(self.exec_command(node, command), input=stdin, capture_output=True, text=True,
+                               timeout=timeout, cwd="/")
+        except subprocess.TimeoutExpired:
+            return 124, "", f"timed out after {timeout:.0f} s: {' '.join(command)}"
+        return p.returncode, p.stdout, p.stderr
+
+    def on_sms(self, command: list[str], stdin: str | None = None, timeout: float = 30) -> tuple[int, str, str]:
+        return self._exec(None, command, stdin, timeout)
+
+    def on_node(self, node: str, command: list[str], stdin: str | None = None,
+                timeout: float = 30) -> tuple[int, str, str]:
+        return self._exec(node, command, stdin, timeout)
+
+
 def instance_list(apptainer: Apptainer, name: str = "") -> dict[str, int]:
     """Running instances (matching ``name``, if given) -> their pid."""
     res = apptainer.run(["instance", "list", "--json", *([name] if name else [])], timeout=30)

@@ -34,7 +34,7 @@ from .apptainer import Apptainer
 from .errors import UserError
 from .fragment import Fragment
 from .accounts import image_accounts, owner_of
-from .instance import (APPTAINER_CONF, caps_of, exec_command, instance_list, instance_pids,
+from .instance import (APPTAINER_CONF, RunsCommands, caps_of, exec_command, instance_list, instance_pids,
                        kill_instance, mac_for, start_instance, stop_instance, write_network)
 from .overlay import create_overlay, read_overlay_file
 from .site import Site, render_site
@@ -63,7 +63,7 @@ class Node:
 
 
 @dataclass
-class Lab:
+class Lab(RunsCommands):
     release: str
     sms_sif: Path
     compute_sif: Path
@@ -355,22 +355,6 @@ class Lab:
         instance, caps = ((self.sms_instance, caps_of(self.sms_fragments)) if node is None
                           else (self._node_info[node].instance, caps_of(self.compute_fragments)))
         return exec_command(self.apptainer, instance, caps, command)
-
-    def _exec(self, node: str | None, command: list[str], stdin: str | None,
-              timeout: float) -> tuple[int, str, str]:
-        cmd = self.exec_command(node, command)
-        try:
-            p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, cwd="/")
-        except subprocess.TimeoutExpired:
-            return 124, "", f"timed out after {timeout:.0f} s: {' '.join(command)}"
-        return p.returncode, p.stdout, p.stderr
-
-    def on_sms(self, command: list[str], stdin: str | None = None, timeout: float = 30) -> tuple[int, str, str]:
-        return self._exec(None, command, stdin, timeout)
-
-    def on_node(self, node: str, command: list[str], stdin: str | None = None,
-                timeout: float = 30) -> tuple[int, str, str]:
-        return self._exec(node, command, stdin, timeout)
 
     def on_public(self, command: list[str], timeout: float = 30) -> tuple[int, str, str]:
         p = subprocess.run(["ip", "netns", "exec", f"{self.name}-pub", *command], capture_output=True,

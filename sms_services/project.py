@@ -61,6 +61,10 @@ class Project:
         origin = f"{self.matrix.path}: release {rel.id} {'compute ' if role == 'compute' else ''}fragments"
         return tuple(order(list(rel.role_fragments(role)), self.fragments, origin))
 
+    def sms_fragments(self, release: str) -> tuple[Fragment, ...]:
+        """SMS-services' fragments of a release's Debian variant (what the lab and cutovers run)."""
+        return self.ordered(self.matrix.get(release).variant("debian"))
+
     def context(self, variant: Variant, commit: str | None = None, role: str = "sms") -> RenderContext:
         prov = Provenance(commit if commit is not None else git_commit(self.root), __version__)
         return RenderContext(variant, self.ordered(variant, role), prov, self.root, role)
