@@ -14,7 +14,7 @@ from pathlib import Path
 import nox
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sms_services.project import Project  # noqa: E402
+from sms_services.inputs.project import Project  # noqa: E402
 
 ROOT = Path(__file__).parent
 PROJECT = Project(ROOT)
@@ -122,7 +122,7 @@ def render(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """Static checks: code style, fragments/releases/definitions, CI pipelines in step."""
-    session.run("ruff", "check", "sms_services", "tests", "defs", "noxfile.py", external=True)
+    session.run("ruff", "check", "sms_services", "tools", "tests", "defs", "noxfile.py", external=True)
     session.run("smsctl", "check", external=True)
     session.run("smsctl", "pipelines", "--check", external=True)
 
@@ -148,5 +148,5 @@ def unit(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Measure builds, SIF size, verify timings, cutover gaps (10), rehearsal and backup: results/bench.json."""
-    session.run("python", "-m", "sms_services.bench", "--release", _release(session),
+    session.run("python", "tools/bench.py", "--release", _release(session),
                 "--out", "results/bench.json", external=True)

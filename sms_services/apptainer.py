@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from .errors import UserError
+from sms_services.errors import UserError
 
 INSTALL_HINT = (
     "install Apptainer >= 1.3 or SingularityCE >= 4.1 (on Debian 12: scripts/install-host.sh; "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sms_services.project import Project
+from sms_services.inputs.project import Project
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from sms_services.wwserver import FileSpec, WarewulfStandIn, newc_archive
+from sms_services.lab.wwserver import FileSpec, WarewulfStandIn, newc_archive
 
 # The image runs the client with its own python3 (3.9 on EL8 .. 3.13): WWCLIENT_PYTHON picks one.
 PYTHON = os.environ.get("WWCLIENT_PYTHON", sys.executable)

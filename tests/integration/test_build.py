@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from sms_services import slurm
-from sms_services.build import Builder
 from sms_services.errors import UserError
-from sms_services.project import Project
+from sms_services.image.build import Builder
+from sms_services.inputs.project import Project
 
 pytestmark = [pytest.mark.integration, pytest.mark.build]
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,12 +53,12 @@ def test_labels_say_what_is_inside(built, rid: str, project: Project) -> None:
 
 @pytest.mark.parametrize("rid", RELEASES)
 def test_manifest_lists_every_package_with_its_version(built, rid: str, project: Project) -> None:
-    out = subprocess.run([sys.executable, "-m", "sms_services.cli", "manifest", built[rid].sif],
+    out = subprocess.run([sys.executable, "-m", "sms_services.cli.main", "manifest", built[rid].sif],
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
     manifest = dict(line.split("=", 1) for line in out.splitlines())
     assert int(built[rid].labels["sms-services.manifest.packages"]) == len(manifest)
     variant = project.matrix.get(rid).variant()
-    from sms_services.render import packages_for
+    from sms_services.image.render import packages_for
     for frag in project.ordered(variant):
         for pkg in packages_for(frag, variant):
             assert pkg in manifest, f"{pkg} (fragment {frag.name}) missing from the manifest"
@@ -119,7 +119,7 @@ def test_a_leaked_secret_fails_the_build_and_leaves_no_sif(built, apptainer, tmp
 
 
 def test_no_space_is_one_line_and_no_file(apptainer, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("sms_services.build.MIN_FREE_GIB", 10**9)
+    monkeypatch.setattr("sms_services.image.build.MIN_FREE_GIB", 10**9)
     project = Project(ROOT)
     with pytest.raises(UserError, match="GiB free, a build needs"):
         Builder(project, apptainer).build(project.matrix.get("3.5").variant(), out=tmp_path / "out")
@@ -128,7 +128,7 @@ def test_no_space_is_one_line_and_no_file(apptainer, tmp_path: Path, monkeypatch
 
 def test_cli_build_json(apptainer, built, tmp_path: Path) -> None:
     import json
-    proc = subprocess.run([sys.executable, "-m", "sms_services.cli", "build", "3.5", "--json",
+    proc = subprocess.run([sys.executable, "-m", "sms_services.cli.main", "build", "3.5", "--json",
                            "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

@@ -12,14 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from sms_services import cli
-from sms_services.build import Builder
-from sms_services.files import sha256_file
+from sms_services.cli import main as cli
 from sms_services.errors import UserError
-from sms_services.library import DirectoryLibrary
-from sms_services.project import Project
-from sms_services.signing import Trust, build_signer, check, content_digest, signatures, sif_objects
-from sms_services.verify import open_lab, prepare_images
+from sms_services.files import sha256_file
+from sms_services.image.build import Builder
+from sms_services.inputs.project import Project
+from sms_services.lab.verify import open_lab, prepare_images
+from sms_services.trust.library import DirectoryLibrary
+from sms_services.trust.signing import (
+    Trust,
+    build_signer,
+    check,
+    content_digest,
+    sif_objects,
+    signatures,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,7 +239,7 @@ def test_an_interrupted_publish_leaves_no_entry_and_no_partial_file(apptainer, c
         Path(dst).write_bytes(Path(src).read_bytes()[:1000])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("sms_services.library.shutil.copyfile", copy_then_die)
+    monkeypatch.setattr("sms_services.trust.library.shutil.copyfile", copy_then_die)
     with pytest.raises(KeyboardInterrupt):
         lib.publish(sif, "3.5", Trust.release([str(key)]), tags=["stable"], verify_report=None, labels={})
     assert lib.entries() == []
@@ -243,7 +250,7 @@ def test_concurrent_publishers_do_not_corrupt_the_index(capsys, sif: Path, tmp_p
     key = keys(capsys, tmp_path / "site")
     copies = [_signed_copy(capsys, sif, key, f"c{i}.sif") for i in range(4)]
     lib = tmp_path / "lib"
-    procs = [subprocess.Popen([sys.executable, "-m", "sms_services.cli", "--root", str(ROOT), "publish",
+    procs = [subprocess.Popen([sys.executable, "-m", "sms_services.cli.main", "--root", str(ROOT), "publish",
                                "--library", str(lib), "--key", str(key), "--sif", str(c), "--tag", "testing", "3.5"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in copies]
     for p in procs:

@@ -21,18 +21,18 @@ from pathlib import Path
 
 import pytest
 
-from sms_services import cli
-from sms_services.backup import backup, check_backup, restore
-from sms_services.cutover import cutover
-from sms_services.deploy import JOB_PROBES, LAB_ONLY
+from sms_services.cli import main as cli
 from sms_services.errors import UserError
-from sms_services.keys import create_keypair
-from sms_services.reconcile import reconcile
-from sms_services.lab import Lab
-from sms_services.project import Project
-from sms_services.rehearse import rehearse
-from sms_services.signing import Trust, build_key, sign, signatures
-from sms_services.verify import open_lab, prepare_images, probe_services
+from sms_services.inputs.project import Project
+from sms_services.lab.cluster import Lab
+from sms_services.lab.rehearse import rehearse
+from sms_services.lab.verify import open_lab, prepare_images, probe_services
+from sms_services.runtime.backup import backup, check_backup, restore
+from sms_services.runtime.cutover import cutover
+from sms_services.runtime.deploy import JOB_PROBES, LAB_ONLY
+from sms_services.runtime.reconcile import reconcile
+from sms_services.trust.keys import create_keypair
+from sms_services.trust.signing import Trust, build_key, sign, signatures
 
 pytestmark = pytest.mark.integration
 TRUST = Trust.candidate  # the lab's images are build-signed candidates
@@ -145,7 +145,7 @@ def test_cutover_to_a_broken_image_rolls_back_and_the_job_finishes(
 
 def smsctl(lab: Lab, project: Project, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """smsctl as an admin runs it on the infrastructure host: here, in the lab's namespace."""
-    return subprocess.run(["nsenter", f"--net=/run/netns/{lab.name}", sys.executable, "-m", "sms_services.cli",
+    return subprocess.run(["nsenter", f"--net=/run/netns/{lab.name}", sys.executable, "-m", "sms_services.cli.main",
                            *args], capture_output=True, text=True, timeout=600, cwd=project.root,
                           env=dict(os.environ, **env))
 

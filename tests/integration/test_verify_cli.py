@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from sms_services.lab import lab_name, leftovers
-from sms_services.project import Project
-from sms_services.verify import verify
+from sms_services.inputs.project import Project
+from sms_services.lab.cluster import lab_name, leftovers
+from sms_services.lab.verify import verify
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-SMSCTL = [sys.executable, "-m", "sms_services.cli"]
+SMSCTL = [sys.executable, "-m", "sms_services.cli.main"]
 
 
 def _start_verify(release: str, *extra: str) -> subprocess.Popen:

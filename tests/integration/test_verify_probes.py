@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from sms_services.lab import SUPERVISORCTL, Lab, lab_is_gone
-from sms_services.project import Project
-from sms_services.verify import Outcome, open_lab, probe_services
+from sms_services.inputs.project import Project
+from sms_services.lab.cluster import SUPERVISORCTL, Lab, lab_is_gone
+from sms_services.lab.verify import Outcome, open_lab, probe_services
 
 pytestmark = pytest.mark.integration
 

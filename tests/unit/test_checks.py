@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from sms_services.checks import check_all
 from sms_services.errors import UserError
-from sms_services.project import Project
+from sms_services.image.checks import check_all
+from sms_services.inputs.project import Project
 
 
 def test_project_is_clean(project) -> None:

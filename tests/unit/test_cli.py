@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def smsctl(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sms_services.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sms_services.cli.main", *args], capture_output=True,
                           text=True, cwd=cwd, env={"PATH": "/usr/bin:/bin", "SMS_ROOT": str(cwd)})
 
 

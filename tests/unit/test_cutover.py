@@ -1,7 +1,7 @@
 """The service gap and the Slurm step rules of a cutover, without root."""
 
-from sms_services.accounts import id_maps
-from sms_services.cutover import outages, step_reasons
+from sms_services.image.accounts import id_maps
+from sms_services.runtime.cutover import outages, step_reasons
 
 
 def test_the_gap_runs_from_the_last_answer_to_the_next() -> None:
@@ -45,7 +45,7 @@ def test_accounts_follow_their_names_across_images() -> None:
 
 
 def test_renumbered_accounts_are_named_for_sms_mgmt() -> None:
-    from sms_services.cutover import renumbered
+    from sms_services.runtime.cutover import renumbered
 
     old = ("root:x:0:0::/root:/bin/sh\nmunge:x:101:101::/:/bin/false\nalice:x:2001:2001::/:/bin/sh\n", "", "")
     new = ("root:x:0:0::/root:/bin/sh\nmunge:x:995:995::/:/bin/false\n", "", "")

@@ -1,4 +1,4 @@
-from sms_services.definition import lint
+from sms_services.image.definition import lint
 
 GOOD = """Bootstrap: debootstrap
 OSVersion: bookworm

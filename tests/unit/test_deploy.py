@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sms_services import cli
-from sms_services.accounts import merge
-from sms_services.deploy import DEFAULT_NODE_EXEC, Deployment, Record, start
+from sms_services.cli import main as cli
 from sms_services.errors import UserError
-from sms_services.instance import cni_dir, mac_for, write_network
-from sms_services.project import Project
+from sms_services.image.accounts import merge
+from sms_services.inputs.project import Project
+from sms_services.runtime.deploy import DEFAULT_NODE_EXEC, Deployment, Record, start
+from sms_services.runtime.instance import cni_dir, mac_for, write_network
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from sms_services.errors import UserError
-from sms_services.fragment import content_digest, load_fragment, load_fragments, order
+from sms_services.inputs.fragment import content_digest, load_fragment, load_fragments, order
 
 
 def test_every_fragment_loads(project) -> None:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from sms_services.golden import GOLDEN_COMMIT, compare
-from sms_services.project import Project
-from sms_services.render import render
+from sms_services.image.golden import GOLDEN_COMMIT, compare
+from sms_services.image.render import render
+from sms_services.inputs.project import Project
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = Project(ROOT)

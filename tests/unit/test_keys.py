@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 
 from sms_services.errors import UserError
-from sms_services.keys import create_ca, create_keypair, fingerprint, key_files, load_public
-from sms_services.report import passed_report
+from sms_services.probes.report import passed_report
+from sms_services.trust.keys import create_ca, create_keypair, fingerprint, key_files, load_public
 
 
 @pytest.mark.parametrize("kind,described", [("ec", "EC secp256r1"), ("ed25519", "Ed25519"), ("rsa", "RSA-3072")])

@@ -21,9 +21,14 @@ from check_jsonschema.cli.main_command import main as cjs_main
 from check_jsonschema.schema_loader import resolver
 from click.testing import CliRunner
 
-from sms_services.cli import main as smsctl
-from sms_services.pipelines import GENERATED, check_pipelines, render_pipelines, write_pipelines
-from sms_services.project import Project
+from sms_services.cli.main import main as smsctl
+from sms_services.image.pipelines import (
+    GENERATED,
+    check_pipelines,
+    render_pipelines,
+    write_pipelines,
+)
+from sms_services.inputs.project import Project
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 GITLAB = ["--builtin-schema", "vendor.gitlab-ci", "--data-transform", "gitlab-ci", "--regex-variant", "nonunicode"]

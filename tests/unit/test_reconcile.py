@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from sms_services.reconcile import reconcile
+from sms_services.runtime.reconcile import reconcile
 
 
 class FakeCluster:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from sms_services.errors import UserError
-from sms_services.release import load_matrix
+from sms_services.inputs.release import load_matrix
 
 
 def test_matrix_covers_openhpc_2_3_4(project) -> None:

@@ -1,0 +1,251 @@
+"""smsctl start, stop, cutover, backup, restore and rehearse: running SMS-services and upgrading it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from sms_services.runtime.deploy import DEFAULT_NODE_EXEC
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from sms_services.cli.main import out_console
+    from sms_services.runtime.backup import backup
+
+    b = backup(Path(args.overlay), Path(args.to), keep=args.keep)
+    if args.json:
+        print(json.dumps(b.__dict__, indent=2))
+    else:
+        out_console.print(f"backup {b.image}: {b.used_bytes / 2**20:.1f} of {b.overlay_bytes / 2**20:.0f} MiB in use, "
+                          f"{b.stored_bytes / 2**20:.1f} MiB on disk, writes held {b.frozen_s * 1000:.0f} ms, "
+                          f"sha256 {b.sha256[:16]}..., keeping the newest {args.keep}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from sms_services.cli.main import out_console
+    from sms_services.runtime.backup import restore
+
+    b = restore(Path(args.backup), Path(args.overlay))
+    out_console.print(f"restored {args.overlay} from {b.image} (taken {b.created}, sha256 checked)")
+    return 0
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from sms_services.apptainer import Apptainer
+    from sms_services.cli.main import _project, _sif_of, _trust, err_console, out_console
+    from sms_services.lab.rehearse import rehearse
+
+    report = rehearse(_project(args), Apptainer.find(), _sif_of(args, args.to).resolve(), Path(args.overlay),
+                      old_sif=_sif_of(args, args.old).resolve(), trust=_trust(args, candidate=args.candidate),
+                      site_path=Path(args.site) if args.site else None,
+                      say=lambda s: err_console.print(f"[bold]rehearse[/bold] {s}"))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    cut = report.cutover
+    if cut:
+        out_console.print(f"cutover in the lab: service gap {cut['gap_s']} s, every probe green "
+                          f"{cut['green_s']} s after the start; jobs {len(report.jobs_before)} -> "
+                          f"{len(report.jobs_after)}, nodes {len(report.nodes_before)} -> {len(report.nodes_after)}")
+    if report.go:
+        out_console.print(f"GO: {Path(report.new_sif).name} can replace {Path(report.old_sif).name} "
+                          f"on {args.overlay} ({report.seconds} s)")
+        return 0
+    for reason in report.reasons:
+        err_console.print(f"no-go: {reason}", markup=False)
+    err_console.print(f"smsctl: NO-GO for {Path(report.new_sif).name} on {args.overlay}", markup=False)
+    return 1
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from sms_services.apptainer import Apptainer
+    from sms_services.cli.main import _project, _sif_of, _trust, err_console, out_console
+    from sms_services.runtime.deploy import start
+    from sms_services.trust.signing import check
+
+    apptainer = Apptainer.find()
+    sif = _sif_of(args, args.sif).resolve()
+    signer = check(apptainer, sif, _trust(args), warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
+    dep = start(_project(args), apptainer, sif, name=args.name, overlay=Path(args.overlay).resolve(),
+                site=Path(args.site), provision_bridge=args.provision_bridge, public_bridge=args.public_bridge,
+                node_exec=args.node_exec, binds=args.bind or [], signer=str(signer) if signer else "UNSIGNED")
+    dep.close()
+    out_console.print(f"started {args.name}: {sif.name} (release {dep.release}, signed by "
+                      f"{dep.record.signer}) on {args.overlay}; recorded in {dep.record.path_of(args.name)}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from sms_services.apptainer import Apptainer
+    from sms_services.cli.main import _project, out_console
+    from sms_services.runtime.deploy import stop
+
+    seconds = stop(_project(args), Apptainer.find(), args.name)
+    out_console.print(f"stopped {args.name} in {seconds} s")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from sms_services.apptainer import Apptainer
+    from sms_services.cli.main import out_console
+    from sms_services.errors import UserError
+    from sms_services.runtime.deploy import Record, records
+    from sms_services.runtime.instance import instance_pids
+    from sms_services.runtime.overlay import usage
+
+    apptainer = Apptainer.find()
+    found = [Record.load(args.name)] if args.name else records()
+    rows = []
+    for rec in found:
+        running = bool(instance_pids(apptainer, rec.name))
+        try:
+            used, total = usage(Path(rec.overlay))
+            space = f"{used / 2**20:.0f}/{total / 2**20:.0f} MiB"
+        except (UserError, OSError):  # a missing or unreadable overlay is itself the news
+            space = "unreadable"
+        rows.append({**rec.__dict__, "running": running, "overlay_use": space})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="SMS-services instances on this host")
+    for col in ("name", "state", "release", "image", "signed by", "since", "overlay", "earlier images"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], "running" if r["running"] else "[red]stopped[/red]", r["release"],
+                      Path(r["sif"]).name, r["signer"], r["started"], f"{r['overlay']} ({r['overlay_use']})",
+                      str(len(r["history"])))
+    out_console.print(table)
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from sms_services.apptainer import Apptainer
+    from sms_services.cli.main import _project, out_console
+    from sms_services.runtime.deploy import Deployment, Record
+    from sms_services.runtime.reconcile import reconcile
+
+    with Deployment(_project(args), Apptainer.find(), Record.load(args.name)) as dep:
+        found = reconcile(dep, dry_run=args.dry_run)
+    verb = "would cancel" if args.dry_run else "cancelled"
+    out_console.print(f"{len(found.running)} running job(s) confirmed by their node; {verb} "
+                      f"{len(found.ghosts)} that no node runs{': ' + ' '.join(found.ghosts) if found.ghosts else ''}")
+    if found.unknown:
+        out_console.print(f"not asked (their node did not answer --node-exec): {' '.join(found.unknown)}")
+        return 1
+    return 0
+
+
+def cmd_cutover(args: argparse.Namespace) -> int:
+    from sms_services.apptainer import Apptainer
+    from sms_services.cli.main import _project, _sif_of, _trust, err_console, out_console
+    from sms_services.errors import UserError
+    from sms_services.probes.report import print_table
+    from sms_services.runtime.cutover import cutover
+    from sms_services.runtime.deploy import Deployment, Record
+
+    project, apptainer = _project(args), Apptainer.find()
+    record = Record.load(args.name)
+    new_sif = _sif_of(args, args.to).resolve()
+    with Deployment(project, apptainer, record, jobs=args.jobs) as dep:
+        if not dep.running():
+            raise UserError(f"instance {args.name} is not running; a cutover replaces a running instance "
+                            f"(smsctl start starts one)")
+        say = lambda s: err_console.print(f"[bold]cutover[/bold] {s}")  # noqa: E731
+        report = cutover(dep, project, new_sif, trust=_trust(args), deadline=args.deadline,
+                         node_slurmd=dep.slurmd_versions(), say=say)
+        if report.ok:
+            record.signer = report.signer
+            record.save()
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    print_table(report.results, f"cutover of {args.name} to {new_sif.name}", out_console)
+    gap = "the controller never answered again" if report.gap_s is None else f"service gap {report.gap_s} s"
+    if report.ok:
+        out_console.print(f"{args.name} now runs {new_sif.name} (release {report.new_release}): {gap}, "
+                          f"stop {report.stop_s} s, every probe green {report.green_s} s after the start")
+        if report.renumbered:
+            err_console.print(f"smsctl: the new image numbers these accounts differently: "
+                              f"{', '.join(report.renumbered)}; the overlay follows them now; give SMS-mgmt's "
+                              "(Warewulf's) synced passwd and group the same numbers, or its next sync undoes them",
+                              markup=False)
+        return 0
+    for reason in report.reasons:
+        err_console.print(f"smsctl: {reason}", markup=False)
+    if report.rolled_back:
+        back = [r for r in report.results if r.phase == "rollback"]
+        state = "answers again" if back and all(r.ok for r in back) else "FAILS ITS PROBES TOO: act now"
+        err_console.print(f"smsctl: rolled back to {Path(report.old_sif).name}, which {state} ({gap})",
+                          markup=False)
+    return 1
+
+
+def add_parsers(sub, trust_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    s = sub.add_parser("start", help="start SMS-services on this host and record how (for smsctl cutover)")
+    s.add_argument("sif", metavar="SIF", help="the release-signed image (a SIF or a release id)")
+    s.add_argument("--name", default="sms-services", help="the instance name (default sms-services)")
+    s.add_argument("--overlay", required=True, help="the instance's ext3 overlay (its whole state)")
+    s.add_argument("--site", required=True, help="the site file (addresses, nodes)")
+    s.add_argument("--provision-bridge", required=True, metavar="BRIDGE", help="host bridge on the provisioning network")
+    s.add_argument("--public-bridge", required=True, metavar="BRIDGE", help="host bridge on the public network")
+    s.add_argument("--node-exec", default=DEFAULT_NODE_EXEC, metavar="COMMAND",
+                   help="runs a command on compute node {node}, given as one shell string, for the probes "
+                        f"(default: {DEFAULT_NODE_EXEC!r})")
+    s.add_argument("--bind", action="append", metavar="SRC[:DEST]", help="an extra bind (repeatable)")
+    s.add_argument("--allow-unsigned", action="store_true", help="start an unsigned image (development only)")
+    trust_args(s)
+    s.set_defaults(func=cmd_start)
+
+    s = sub.add_parser("status", help="the recorded SMS-services instances: image, signer, running, overlay")
+    s.add_argument("--name", help="only this instance")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("stop", help="stop a recorded SMS-services instance")
+    s.add_argument("--name", default="sms-services")
+    s.set_defaults(func=cmd_stop)
+
+    s = sub.add_parser("reconcile", help="after a restore: cancel the jobs the controller runs that no node runs")
+    s.add_argument("--name", default="sms-services", help="the recorded instance (default sms-services)")
+    s.add_argument("--dry-run", action="store_true", help="only list them")
+    s.set_defaults(func=cmd_reconcile)
+
+    s = sub.add_parser("cutover", help="replace a running SMS-services with NEW; roll back if a probe fails")
+    s.add_argument("--to", required=True, metavar="NEW", help="the new image (a SIF or a release id)")
+    s.add_argument("--name", default="sms-services", help="the recorded instance (default sms-services)")
+    s.add_argument("--deadline", type=float, default=120,
+                   help="seconds the new image has to pass every probe before the rollback (default 120)")
+    s.add_argument("--jobs", action="store_true",
+                   help="also run the test-job probes (srun, sbatch, mail, accounting): needs idle nodes")
+    s.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    trust_args(s)
+    s.set_defaults(func=cmd_cutover)
+
+    s = sub.add_parser("backup", help="copy a live overlay consistently (writes held for milliseconds)")
+    s.add_argument("--overlay", required=True, help="the SMS-services overlay (running or not)")
+    s.add_argument("--to", required=True, metavar="DIR", help="backup folder")
+    s.add_argument("--keep", type=int, default=7, help="backups of this overlay to keep (default 7)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser("restore", help="put a backup in place of an overlay (checksum checked first)")
+    s.add_argument("backup", help="a .img written by smsctl backup")
+    s.add_argument("--overlay", required=True, help="where to put it (no instance may be using it)")
+    s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser("rehearse", help="go/no-go for a cutover, on a copy of the live overlay in a lab")
+    s.add_argument("--to", required=True, metavar="NEW", help="the new image (a SIF or a release id)")
+    s.add_argument("--from", dest="old", required=True, metavar="OLD",
+                   help="the image running on the overlay now (a SIF or a release id)")
+    s.add_argument("--overlay", required=True, metavar="LIVE", help="the live overlay (only copied, never changed)")
+    s.add_argument("--site", help="the site file the live cluster uses (default: the lab's)")
+    s.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    s.add_argument("--candidate", action="store_true",
+                   help="also trust this host's build key (a candidate not yet release-signed)")
+    trust_args(s)
+    s.set_defaults(func=cmd_rehearse)

@@ -1,0 +1,240 @@
+"""A fragment: everything about one service, in one folder under ``defs/``.
+
+``defs/<name>/fragment.yaml`` declares the service; beside it live the scripts
+(``bootstrap.sh``, ``pre-install.sh``, ``build.sh``, ``run.sh``), the site
+config templates (``templates/``) and the tests that render them. Adding a
+service is adding a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sms_services.errors import UserError
+from sms_services.inputs.yamlfile import Fields, load_mapping
+
+FAMILIES = ("debian", "el")
+NETWORKS = ("provision", "public", "loopback")
+PROTOCOLS = ("tcp", "udp")
+# Supervisor modes: a daemon is kept running, a oneshot runs once at start
+# (e.g. loading NAT rules), none means the fragment only shapes the image.
+MODES = ("daemon", "oneshot", "none")
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+CAP_RE = re.compile(r"^CAP_[A-Z_]+$")
+
+# Files that never enter the image and so never change its content hash.
+_NOT_IMAGE = re.compile(r"(^|/)(test_[^/]*\.py|__pycache__|.*\.pyc|conftest\.py|golden\.txt)(/|$)")
+
+
+@dataclass(frozen=True)
+class Port:
+    port: int
+    proto: str
+    network: str
+    what: str
+
+
+@dataclass(frozen=True)
+class SiteVar:
+    name: str
+    default: object
+    doc: str
+    secret: bool = False  # never exported to the run scripts' environment
+
+
+@dataclass(frozen=True)
+class Probe:
+    kind: str
+    params: dict[str, object]
+
+
+@dataclass(frozen=True)
+class Fragment:
+    name: str
+    path: Path
+    summary: str
+    mode: str
+    requires: tuple[str, ...]
+    packages: dict[str, tuple[str, ...]]
+    capabilities: tuple[str, ...]
+    ports: tuple[Port, ...]
+    state: tuple[str, ...]
+    secrets: tuple[str, ...]
+    site: tuple[SiteVar, ...]
+    templates: dict[str, str]
+    probes: tuple[Probe, ...]
+    binaries: tuple[str, ...]
+    digest: str = field(compare=False)
+
+    # The scripts are optional except run.sh for daemons and oneshots.
+    def script(self, name: str) -> str | None:
+        p = self.path / name
+        return p.read_text(encoding="utf-8") if p.is_file() else None
+
+    @property
+    def short_digest(self) -> str:
+        return self.digest[:12]
+
+
+def content_digest(folder: Path) -> str:
+    """sha256 over every file that goes into the image, names included."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if not p.is_file() or _NOT_IMAGE.search(rel):
+            continue
+        h.update(rel.encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _abs_paths(f: Fields, key: str) -> tuple[str, ...]:
+    paths = f.list_of_str(key)
+    for i, p in enumerate(paths):
+        if not p.startswith("/"):
+            raise f.fail(f"{key}[{i}]", f"must be an absolute path, found {p!r}")
+    return tuple(paths)
+
+
+def load_fragment(folder: Path) -> Fragment:
+    name = folder.name
+    meta_path = folder / "fragment.yaml"
+    if not NAME_RE.match(name):
+        raise UserError(f"{folder}: fragment folder names are lower-case words with dashes")
+    f = Fields(load_mapping(meta_path), meta_path)
+    f.unknown({
+        "summary", "mode", "requires", "packages", "capabilities", "ports", "state",
+        "secrets", "site", "templates", "probes", "binaries",
+    })
+    mode = f.str("mode", "daemon")
+    if mode not in MODES:
+        raise f.fail("mode", f"must be one of {', '.join(MODES)}, found {mode!r}")
+
+    # Keys are families (debian, el) or base names (bookworm, EL_9) for a base
+    # that differs; base names are checked against releases.yaml in checks.py.
+    pk = f.mapping("packages")
+    packages = {key: tuple(pk.list_of_str(key)) for key in sorted(pk.data)}
+
+    caps = tuple(f.list_of_str("capabilities"))
+    for i, c in enumerate(caps):
+        if not CAP_RE.match(c):
+            raise f.fail(f"capabilities[{i}]", f"must be a capability name like CAP_NET_ADMIN, found {c!r}")
+
+    ports = []
+    for pf in f.list_of_mappings("ports"):
+        pf.unknown({"port", "proto", "network", "what"})
+        port = pf.int("port", required=True)
+        if not 0 < port < 65536:
+            raise pf.fail("port", f"must be 1-65535, found {port}")
+        proto = pf.str("proto", "tcp")
+        if proto not in PROTOCOLS:
+            raise pf.fail("proto", f"must be tcp or udp, found {proto!r}")
+        net = pf.str("network", "provision")
+        if net not in NETWORKS:
+            raise pf.fail("network", f"must be one of {', '.join(NETWORKS)}, found {net!r}")
+        ports.append(Port(port, proto, net, pf.str("what", name)))
+
+    site = []
+    sf = f.mapping("site")
+    for var in sorted(sf.data):
+        vf = sf.mapping(var)
+        vf.unknown({"default", "doc", "secret"})
+        site.append(SiteVar(var, vf.data.get("default"), vf.str("doc", required=True), vf.bool("secret")))
+
+    tf = f.mapping("templates")
+    templates: dict[str, str] = {}
+    for src in sorted(tf.data):
+        target = tf.str(src, required=True)
+        if not (folder / "templates" / src).is_file():
+            raise tf.fail(src, f"names templates/{src}, which does not exist in {folder}")
+        if not target.startswith("/"):
+            raise tf.fail(src, f"target must be an absolute path, found {target!r}")
+        templates[src] = target
+
+    probes = []
+    for pf in f.list_of_mappings("probes"):
+        kind = pf.str("kind", required=True)
+        probes.append(Probe(kind, {k: v for k, v in pf.data.items() if k != "kind"}))
+
+    if mode != "none" and not (folder / "run.sh").is_file():
+        raise UserError(
+            f"{folder}/run.sh: missing run script for {mode} fragment '{name}'; "
+            "add it, or set 'mode: none' in fragment.yaml"
+        )
+
+    return Fragment(
+        name=name,
+        path=folder,
+        summary=f.str("summary", required=True),
+        mode=mode,
+        requires=tuple(f.list_of_str("requires")),
+        packages=packages,
+        capabilities=caps,
+        ports=tuple(ports),
+        state=_abs_paths(f, "state"),
+        secrets=_abs_paths(f, "secrets"),
+        site=tuple(site),
+        templates=templates,
+        probes=tuple(probes),
+        binaries=tuple(f.list_of_str("binaries")),
+        digest=content_digest(folder),
+    )
+
+
+def load_fragments(defs: Path) -> dict[str, Fragment]:
+    """Every fragment folder under ``defs`` (a folder without fragment.yaml is skipped)."""
+    if not defs.is_dir():
+        raise UserError(f"{defs}: fragment folder not found; run from the project root or set --defs")
+    out = {}
+    for folder in sorted(p for p in defs.iterdir() if p.is_dir() and (p / "fragment.yaml").exists()):
+        out[folder.name] = load_fragment(folder)
+    return out
+
+
+def order(selected: list[str], fragments: dict[str, Fragment], origin: str) -> list[Fragment]:
+    """Fragments in dependency order (deterministic), checking every requirement.
+
+    ``origin`` names where the selection came from, for the error message.
+    """
+    chosen = []
+    for name in selected:
+        if name not in fragments:
+            raise UserError(f"{origin}: fragment '{name}' does not exist under defs/ "
+                            f"(known: {', '.join(sorted(fragments))})")
+        chosen.append(fragments[name])
+    names = {f.name for f in chosen}
+    for frag in chosen:
+        for dep in frag.requires:
+            if dep not in names:
+                raise UserError(
+                    f"{frag.path}/fragment.yaml: field 'requires' names '{dep}', which is not in "
+                    f"{origin}; add '{dep}' there or drop the requirement"
+                )
+    # Depth-first walk in name order: the same inputs always give the same order,
+    # and a cycle is reported with its members.
+    done: list[Fragment] = []
+    state: dict[str, int] = {}
+    by_name = {f.name: f for f in chosen}
+
+    def visit(f: Fragment, trail: list[str]) -> None:
+        if state.get(f.name) == 2:
+            return
+        if state.get(f.name) == 1:
+            cycle = trail[trail.index(f.name):] + [f.name]
+            raise UserError(
+                f"{f.path}/fragment.yaml: field 'requires' makes a dependency cycle "
+                f"({' -> '.join(cycle)}); remove one of these requirements"
+            )
+        state[f.name] = 1
+        for dep in sorted(f.requires):
+            visit(by_name[dep], trail + [f.name])
+        state[f.name] = 2
+        done.append(f)
+
+    # base first: every other fragment installs onto it.
+    for f in sorted(chosen, key=lambda f: (f.name != "base", f.name)):
+        visit(f, [])
+    return done

@@ -1,0 +1,118 @@
+"""A site: the values one cluster sets (addresses, names, relays), never baked into an image.
+
+``site.yaml`` is a flat mapping of the site variables that the release's
+fragments declare (``smsctl site vars`` lists them with their docs). Rendering
+a site gives the files that go into an instance's overlay: each fragment's
+templates, and ``/etc/sms-services/site.env`` for the run scripts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from sms_services.errors import UserError
+from sms_services.inputs.fragment import Fragment, SiteVar
+from sms_services.inputs.yamlfile import load_mapping
+
+SITE_ENV = "/etc/sms-services/site.env"
+
+
+@dataclass(frozen=True)
+class Site:
+    path: Path
+    values: dict[str, Any]
+
+
+def declared(fragments: tuple[Fragment, ...] | list[Fragment]) -> dict[str, tuple[SiteVar, str]]:
+    """Every site variable of these fragments -> (declaration, fragment name)."""
+    out: dict[str, tuple[SiteVar, str]] = {}
+    for frag in fragments:
+        for var in frag.site:
+            out.setdefault(var.name, (var, frag.name))
+    return out
+
+
+def load_site(path: Path, fragments: tuple[Fragment, ...] | list[Fragment],
+              every: list[Fragment] | None = None) -> Site:
+    """Values for ``fragments``; keys of other fragments in ``every`` are allowed and
+    ignored, so one site file serves releases with and without e.g. slurmdbd."""
+    raw = load_mapping(path)
+    decl = declared(fragments)
+    unknown = sorted(set(raw) - set(decl) - set(declared(every or [])))
+    if unknown:
+        raise UserError(f"{path}: field '{unknown[0]}' is not a site variable of any fragment "
+                        f"(known here: {', '.join(sorted(decl))})")
+    values: dict[str, Any] = {}
+    for name, (var, owner) in sorted(decl.items()):
+        value = raw.get(name, var.default)
+        if value is None:
+            raise UserError(f"{path}: field '{name}' is missing; set it ({var.doc}; declared by fragment {owner})")
+        values[name] = value
+    _validate(path, values)
+    return Site(path, values)
+
+
+def _validate(path: Path, values: dict[str, Any]) -> None:
+    """Catch the address mistakes that would otherwise surface as a dead service."""
+    for key in ("provision_ip", "public_ip"):
+        if key in values:
+            try:
+                ipaddress.ip_address(str(values[key]))
+            except ValueError:
+                raise UserError(f"{path}: field '{key}' must be an IP address, found {values[key]!r}") from None
+    for key in ("provision_network", "public_network"):
+        if key in values:
+            try:
+                ipaddress.ip_network(str(values[key]))
+            except ValueError:
+                raise UserError(f"{path}: field '{key}' must be a network like 198.18.0.0/24 "
+                                f"(host bits zero), found {values[key]!r}") from None
+    if "provision_ip" in values and "provision_network" in values:
+        if ipaddress.ip_address(str(values["provision_ip"])) not in ipaddress.ip_network(
+                str(values["provision_network"])):
+            raise UserError(f"{path}: field 'provision_ip' {values['provision_ip']} is outside "
+                            f"provision_network {values['provision_network']}")
+    nodes = values.get("nodes", [])
+    if not isinstance(nodes, list):
+        raise UserError(f"{path}: field 'nodes' must be a list of {{name, address}}")
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict) or "name" not in node or "address" not in node:
+            raise UserError(f"{path}: field 'nodes[{i}]' needs 'name' and 'address'")
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def render_site(site: Site, fragments: tuple[Fragment, ...] | list[Fragment],
+                release: str = "") -> dict[str, str]:
+    """Image path -> file content for everything a site puts into the overlay."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True)
+    context = dict(site.values, fragments=[f.name for f in fragments], release=release)
+    files: dict[str, str] = {}
+    for frag in fragments:
+        for src, target in sorted(frag.templates.items()):
+            path = frag.path / "templates" / src
+            try:
+                files[target] = env.from_string(path.read_text()).render(context)
+            except jinja2.TemplateError as err:
+                raise UserError(f"{path}: cannot render for {site.path} ({err})") from None
+    lines = ["# Site values for the run scripts, rendered by smsctl from " + site.path.name]
+    decl = declared(fragments)
+    # Only what these fragments declare, and never a secret: every process sees this file.
+    lines += [f"SMS_{k.upper()}={shlex.quote(_env_value(v))}" for k, v in sorted(site.values.items())
+              if k in decl and not decl[k][0].secret]
+    files[SITE_ENV] = "\n".join(lines) + "\n"
+    return files

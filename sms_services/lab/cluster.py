@@ -1,0 +1,459 @@
+"""A small cluster in network namespaces of its own, for ``verify``.
+
+Topology (all addresses from the lab site, 198.18.0.0/15, nothing routed out):
+
+    netns <name>        bridges <name>-p (provisioning) and <name>-u (public), no IPs
+      SMS-services      instance, eth0 on -p, eth1 on -u, IP forwarding on
+      c1, c2, ...       compute-node instances on -p, default route via SMS-services
+    netns <name>-mgmt   the SMS-mgmt stand-in (Warewulf file sync) on -p
+    netns <name>-pub    the "internet" host on -u
+
+Apptainer reads its CNI networks from a private copy of apptainer.conf
+(``APPTAINER_CONFIG_FILE``), so nothing is written to /etc. Everything is torn
+down on exit, on error and on Ctrl-C; a lab left by a crashed run (same name)
+is removed before a new one starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sms_services.apptainer import Apptainer
+from sms_services.errors import UserError
+from sms_services.image.accounts import image_accounts, owner_of
+from sms_services.inputs.fragment import Fragment
+from sms_services.inputs.site import Site, render_site
+from sms_services.runtime.instance import (
+    APPTAINER_CONF,
+    RunsCommands,
+    caps_of,
+    exec_command,
+    instance_list,
+    instance_pids,
+    kill_instance,
+    mac_for,
+    start_instance,
+    stop_instance,
+    write_network,
+)
+from sms_services.runtime.overlay import create_overlay, read_overlay_file
+
+SUPERVISORCTL = ["supervisorctl", "-c", "/etc/sms-services/supervisord.conf"]
+
+
+def lab_name(release: str) -> str:
+    """Short (interface names are at most 15 characters) and unique per release."""
+    return "smslab" + re.sub(r"[^0-9a-z]", "", release.lower())
+
+
+def _run(cmd: list[str], *, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise UserError(f"lab: '{' '.join(cmd)}' failed: {(proc.stderr or proc.stdout).strip()[:300]}")
+    return proc
+
+
+@dataclass
+class Node:
+    name: str
+    ip: str
+    instance: str
+    overlay: Path
+
+
+@dataclass
+class Lab(RunsCommands):
+    release: str
+    sms_sif: Path
+    compute_sif: Path
+    site: Site
+    sms_fragments: tuple[Fragment, ...]
+    compute_fragments: tuple[Fragment, ...]
+    apptainer: Apptainer
+    wwclient_protocol: str
+    say: Callable[[str], None] = lambda s: None
+    name: str = ""
+    signer: str = ""  # who vouches for the SMS-services image (signing.check)
+    work: Path = field(default_factory=Path)
+    nodes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    _procs: list[subprocess.Popen] = field(default_factory=list)
+    _node_info: dict[str, Node] = field(default_factory=dict)
+    _instances: list[str] = field(default_factory=list)
+    _mgmt: subprocess.Popen | None = None
+    _mgmt_users: int = 0
+    # An existing overlay to start SMS-services on (a rehearsal's copy of a live
+    # one); None: a scratch overlay seeded from the site file.
+    sms_overlay: Path | None = None
+    host: str = ""  # the network namespace ("infrastructure host") SMS-services runs in
+    probe_skip: frozenset[str] = frozenset()  # a lab can run every probe
+
+    # --- addresses, from the site file -------------------------------------------
+    @property
+    def sms_ip(self) -> str:
+        return str(self.site.values["provision_ip"])
+
+    @property
+    def sms_public_ip(self) -> str:
+        return str(self.site.values["public_ip"])
+
+    @property
+    def prefix(self) -> int:
+        return ipaddress.ip_network(str(self.site.values["provision_network"])).prefixlen
+
+    @property
+    def public_prefix(self) -> int:
+        return ipaddress.ip_network(str(self.site.values["public_network"])).prefixlen
+
+    @property
+    def public_host_ip(self) -> str:
+        return str(ipaddress.ip_network(str(self.site.values["public_network"])).network_address + 100)
+
+    @property
+    def mgmt_ip(self) -> str:
+        return str(self.site.values.get("wwclient_server") or
+                   ipaddress.ip_network(str(self.site.values["provision_network"])).network_address + 3)
+
+    @property
+    def mail_domain(self) -> str:
+        return str(self.site.values.get("mail_domain", "cluster.local"))
+
+    @property
+    def sms_instance(self) -> str:
+        return f"{self.name}-sms"
+
+    # --- lifecycle ------------------------------------------------------------------
+    def __enter__(self) -> Lab:
+        if os.geteuid() != 0:
+            raise UserError("verify needs root (network namespaces and instances with networks)")
+        self.name = self.name or lab_name(self.release)
+        # Instances start from / (--contain dislikes other working directories).
+        self.sms_sif, self.compute_sif = self.sms_sif.resolve(), self.compute_sif.resolve()
+        teardown(self.name, self.apptainer, say=self.say)  # what a crashed run left
+        self.work = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        try:
+            t = time.monotonic()
+            self._network()
+            self._hosts()
+            self.timings["lab_up_s"] = round(time.monotonic() - t, 2)
+            self._start_sms()
+            self._start_nodes()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        # Ctrl-C during teardown must not leave half a lab behind.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            t = time.monotonic()
+            teardown(self.name, self.apptainer, procs=self._procs, say=self.say)
+            self.timings.setdefault("teardown_s", round(time.monotonic() - t, 2))  # (it removes self.work too)
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+    # --- network ----------------------------------------------------------------------
+    def _network(self) -> None:
+        n = self.name
+        ns = ["ip", "-n", n]
+        _run(["ip", "netns", "add", n])
+        _run([*ns, "link", "set", "lo", "up"])
+        for bridge in (f"{n}-p", f"{n}-u"):
+            _run([*ns, "link", "add", bridge, "type", "bridge"])
+            _run([*ns, "link", "set", bridge, "up"])
+        cni = self.work / "cni"
+        cni.mkdir()
+
+        # SMS-services routes between the networks: forwarding on in its namespace only.
+        write_network(cni, f"{n}-prov", f"{n}-p", forward=True)
+        write_network(cni, f"{n}-pub", f"{n}-u")
+        write_network(cni, f"{n}-node", f"{n}-p", routes=[{"dst": "0.0.0.0/0", "gw": self.sms_ip}])
+        # Name service of the lab: its own hosts file, and no nameserver, so a lookup
+        # fails at once instead of timing out against the host's unreachable DNS.
+        hosts = ["127.0.0.1 localhost", f"{self.sms_ip} {self.site.values['sms_hostname']}",
+                 f"{self.mgmt_ip} sms-mgmt"]
+        hosts += [f"{n['address']} {n['name']}" for n in self.site.values.get("nodes", [])]
+        (self.work / "hosts").write_text("\n".join(hosts) + "\n")
+        (self.work / "resolv.conf").write_text("# the lab has no DNS: /etc/hosts only\noptions timeout:1 attempts:1\n")
+        conf = APPTAINER_CONF.read_text() if APPTAINER_CONF.exists() else ""
+        conf = re.sub(r"(?m)^\s*#?\s*cni configuration path\s*=.*$", "", conf)
+        (self.work / "apptainer.conf").write_text(conf + f"\ncni configuration path = {cni}\n")
+
+    def _host_ns(self, suffix: str, bridge: str, ip: str, prefix: int) -> str:
+        ns = f"{self.name}-{suffix}"
+        veth = f"{self.name}{suffix[0]}0"
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "-n", self.name, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        _run(["ip", "-n", self.name, "link", "set", veth, "master", bridge, "up"])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", ns, "addr", "add", f"{ip}/{prefix}", "dev", "eth0"])
+        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        return ns
+
+    def _spawn(self, ns: str, args: list[str], log: str) -> subprocess.Popen:
+        fh = open(self.work / log, "w")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, *args], stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self._procs.append(proc)
+        return proc
+
+    def _hosts(self) -> None:
+        pub = self._host_ns("pub", f"{self.name}-u", self.public_host_ip, self.public_prefix)
+        self._spawn(pub, ["-m", "sms_services.lab.publichost", "--bind", self.public_host_ip, "--port", "8080"],
+                    "publichost.log")
+        self._host_ns("mgmt", f"{self.name}-p", self.mgmt_ip, self.prefix)
+        self._seed_mgmt()
+        self.start_mgmt()
+
+    # --- SMS-mgmt stand-in -------------------------------------------------------
+    def image_accounts(self, sif: Path) -> tuple[str, str, str]:
+        return image_accounts(self.apptainer, sif)
+
+    def _set_accounts(self, passwd: str, group: str, shadow: str) -> None:
+        self.passwd, self.group, self.shadow = passwd, group, shadow
+        self.munge_ids = owner_of(passwd, "munge")
+
+    def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]:
+        """SMS-mgmt serves these system accounts (plus the cluster's users) from now on, as
+        an admin updates Warewulf's copies after an upgrade; the files SMS-services should hold."""
+        self._set_accounts(passwd, group, shadow)
+        self._write_mgmt_accounts(self._mgmt_accounts)
+        tree = self.work / "mgmt/etc"
+        os.chown(tree / "munge/munge.key", *self.munge_ids)
+        return {f"/etc/{n}": (tree / n).read_text() for n in ("passwd", "group", "shadow")}
+
+    def _seed_mgmt(self) -> None:
+        """What SMS-mgmt's Warewulf serves: accounts (the image's plus cluster users),
+        slurm.conf and the munge key, as an OpenHPC SMS syncs them to its nodes."""
+        # A live overlay brings its cluster's key: the lab's nodes must share it.
+        self.munge_key = (read_overlay_file(self.sms_overlay, "/etc/munge/munge.key") if self.sms_overlay
+                          else secrets.token_bytes(1024))
+        self._set_accounts(*self.image_accounts(self.sms_sif))
+        tree = self.work / "mgmt"
+        (tree / "etc/munge").mkdir(parents=True)
+        (tree / "etc/slurm").mkdir(parents=True)
+        self.site_files = render_site(self.site, self.sms_fragments, self.release)
+        self._write_mgmt_accounts(["alice:x:2001:2001:Alice:/home/alice:/bin/bash"])
+        (tree / "etc/slurm/slurm.conf").write_text(self.site_files.get("/etc/slurm/slurm.conf", ""))
+        key = tree / "etc/munge/munge.key"
+        key.write_bytes(self.munge_key)
+        os.chown(key, *self.munge_ids)
+        key.chmod(0o400)
+
+    def _write_mgmt_accounts(self, users: list[str]) -> None:
+        tree = self.work / "mgmt/etc"
+        names = [u.split(":")[0] for u in users]
+        (tree / "passwd").write_text(self.passwd + "".join(u + "\n" for u in users))
+        (tree / "group").write_text(self.group + "".join(f"{n}:x:{u.split(':')[3]}:\n"
+                                                         for n, u in zip(names, users, strict=True)))
+        (tree / "shadow").write_text(self.shadow + "".join(f"{n}:!:19000:0:99999:7:::\n" for n in names))
+        (tree / "shadow").chmod(0o640)
+        self._mgmt_accounts = users
+
+    def mgmt_update(self) -> str:
+        """Add a user on SMS-mgmt (as an admin would) and return its name."""
+        self._mgmt_users += 1
+        name = f"probe{self._mgmt_users}x{secrets.token_hex(2)}"
+        uid = 3000 + self._mgmt_users
+        self._write_mgmt_accounts([*self._mgmt_accounts, f"{name}:x:{uid}:{uid}:probe:/nonexistent:/bin/false"])
+        return name
+
+    def start_mgmt(self) -> None:
+        port = "80" if self.wwclient_protocol == "ww3" else "9873"
+        wwid = str(self.site.values.get("wwclient_wwid", ""))
+        self._mgmt = self._spawn(f"{self.name}-mgmt", [
+            "-m", "sms_services.lab.wwserver", "--protocol", self.wwclient_protocol, "--dir",
+            str(self.work / "mgmt"), "--port", port, "--bind", self.mgmt_ip, "--secure",
+            *(["--wwid", wwid] if wwid else [])], "mgmt.log")
+
+    def stop_mgmt(self) -> None:
+        if self._mgmt and self._mgmt.poll() is None:
+            self._mgmt.terminate()
+            self._mgmt.wait(10)
+
+    # --- instances ------------------------------------------------------------------
+    def _start_instance(self, sif: Path, instance: str, hostname: str, overlay: Path, caps: list[str],
+                        nets: list[tuple[str, str, str | None]], extra: list[str], netns: str = "") -> None:
+        start_instance(self.apptainer, sif, instance, hostname=hostname, overlay=overlay, caps=caps, nets=nets,
+                       extra=["--bind", f"{self.work}/hosts:/etc/hosts",
+                              "--bind", f"{self.work}/resolv.conf:/etc/resolv.conf", *extra],
+                       netns=netns or self.name, env={"APPTAINER_CONFIG_FILE": str(self.work / "apptainer.conf")},
+                       what="lab")
+        self._instances.append(instance)
+
+    def site_file_modes(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+        """Owners and modes of the site files that are secrets."""
+        return ({"/etc/munge/munge.key": self.munge_ids},
+                {"/etc/munge/munge.key": 0o400, "/etc/slurm/slurmdbd.conf": 0o600})
+
+    def _start_sms(self) -> None:
+        if self.sms_overlay is None:
+            files = dict(self.site_files)
+            files["/etc/munge/munge.key"] = self.munge_key
+            self.sms_overlay = self.work / "sms-overlay.img"
+            owners, modes = self.site_file_modes()
+            create_overlay(self.sms_overlay, files, size_mib=int(os.environ.get("SMS_LAB_OVERLAY_MIB", "256")),
+                           owners=owners, modes=modes)
+        self.timings["sms_instance_start_s"] = self.start_sms(self.sms_sif)
+
+    def start_sms(self, sif: Path, *, host: str = "") -> float:
+        """Start SMS-services from ``sif`` on the lab's overlay, on ``host`` (a namespace from
+        ``add_host``; default the lab's own), with the same addresses; seconds it took."""
+        mac = mac_for(self.sms_ip)
+        assert self.sms_overlay is not None
+        t = time.monotonic()
+        self._start_instance(sif.resolve(), self.sms_instance, str(self.site.values["sms_hostname"]),
+                             self.sms_overlay, caps_of(self.sms_fragments),
+                             [(f"{self.name}-prov", f"{self.sms_ip}/{self.prefix}", mac),
+                              (f"{self.name}-pub", f"{self.sms_public_ip}/{self.public_prefix}", None)], [],
+                             netns=host)
+        self.sms_sif, self.host = sif.resolve(), host
+        self.sms_started_at = time.monotonic()
+        return round(self.sms_started_at - t, 2)
+
+    def add_host(self, suffix: str = "b") -> str:
+        """A second infrastructure host: a namespace with its own bridges, cabled to the
+        lab's (as a second server on the same switches), seeing the same overlay file
+        (as shared storage would). Returns the namespace to give ``start_sms``."""
+        ns = f"{self.name}-host{suffix}"
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        for net in ("p", "u"):
+            # Same bridge names as the lab's: the lab's CNI configs work unchanged there.
+            bridge, uplink = f"{self.name}-{net}", f"{self.name}{suffix}{net}"
+            _run(["ip", "-n", ns, "link", "add", bridge, "type", "bridge"])
+            _run(["ip", "-n", self.name, "link", "add", uplink, "type", "veth", "peer", "name", f"up{net}",
+                  "netns", ns])
+            _run(["ip", "-n", self.name, "link", "set", uplink, "master", bridge, "up"])
+            _run(["ip", "-n", ns, "link", "set", f"up{net}", "master", bridge, "up"])
+            _run(["ip", "-n", ns, "link", "set", bridge, "up"])
+        return ns
+
+    def _start_nodes(self) -> None:
+        for node in self.site.values.get("nodes", []):
+            name, ip = str(node["name"]), str(node["address"])
+            overlay = self.work / f"{name}-overlay.img"
+            env = render_site(self.site, self.compute_fragments, self.release)["/etc/sms-services/site.env"]
+            create_overlay(overlay, {"/etc/munge/munge.key": self.munge_key, "/etc/sms-services/site.env": env},
+                           size_mib=64, owners={"/etc/munge/munge.key": self.munge_ids},
+                           modes={"/etc/munge/munge.key": 0o400})
+            instance = f"{self.name}-{name}"
+            self._start_instance(self.compute_sif, instance, name, overlay, caps_of(self.compute_fragments),
+                                 [(f"{self.name}-node", f"{ip}/{self.prefix}", None)],
+                                 ["--bind", "/sys/fs/cgroup"])
+            self._node_info[name] = Node(name, ip, instance, overlay)
+            self.nodes.append(name)
+
+    # --- running commands (the probes' view of the cluster) -----------------------
+    def exec_command(self, node: str | None, command: list[str]) -> list[str]:
+        """The `apptainer exec` that runs ``command`` on ``node`` (None: on SMS-services)."""
+        instance, caps = ((self.sms_instance, caps_of(self.sms_fragments)) if node is None
+                          else (self._node_info[node].instance, caps_of(self.compute_fragments)))
+        return exec_command(self.apptainer, instance, caps, command)
+
+    def on_public(self, command: list[str], timeout: float = 30) -> tuple[int, str, str]:
+        p = subprocess.run(["ip", "netns", "exec", f"{self.name}-pub", *command], capture_output=True,
+                           text=True, timeout=timeout)
+        return p.returncode, p.stdout, p.stderr
+
+    def supervisor(self, *args: str) -> tuple[int, str, str]:
+        return self.on_sms([*SUPERVISORCTL, *args])
+
+    def running_instances(self) -> list[str]:
+        return _mine(self.name, _instances(self.apptainer))
+
+    def stop_sms(self) -> float:
+        """Stop the SMS-services instance fast (see ``instance.stop_instance``); seconds it took."""
+        seconds, stopper = stop_instance(self.apptainer, self.sms_instance, self.sms_overlay)
+        self._procs.append(stopper)  # reaped at teardown if still finishing
+        self._forget(self.sms_instance)
+        return seconds
+
+    def kill_sms(self) -> None:
+        """Power loss: SIGKILL to every process of the SMS-services instance at once."""
+        kill_instance(self.apptainer, self.sms_instance, self.sms_overlay)
+        self._forget(self.sms_instance)
+
+    def sms_pids(self) -> list[int]:
+        return instance_pids(self.apptainer, self.sms_instance)
+
+    def _forget(self, instance: str) -> None:
+        if instance in self._instances:
+            self._instances.remove(instance)
+
+
+def _instances(apptainer: Apptainer) -> list[str]:
+    return list(instance_list(apptainer))
+
+
+def _namespaces() -> list[str]:
+    return [line.split()[0] for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines()
+            if line.strip()]
+
+
+def _mine(name: str, items: list[str]) -> list[str]:
+    return [i for i in items if i == name or i.startswith(name + "-")]
+
+
+def leftovers(name: str, apptainer: Apptainer) -> list[str]:
+    """Whatever lab ``name`` still holds: instances, namespaces, work folders, loop devices."""
+    found = [f"instance {i}" for i in _mine(name, _instances(apptainer))]
+    found += [f"network namespace {ns}" for ns in _mine(name, _namespaces())]
+    tmp = Path(tempfile.gettempdir())
+    found += [f"work folder {d}" for d in tmp.glob(f"{name}-*")]
+    loops = _run(["losetup", "--list", "--noheadings", "-O", "NAME,BACK-FILE"], check=False).stdout
+    found += [f"loop device {line.split()[0]}" for line in loops.splitlines()
+              if f"{tmp}/{name}-" in line]
+    return found
+
+
+def lab_is_gone(name: str, apptainer: Apptainer) -> bool:
+    return not leftovers(name, apptainer)
+
+
+def teardown(name: str, apptainer: Apptainer, *, procs: list[subprocess.Popen] | None = None,
+             say: Callable[[str], None] = lambda s: None) -> None:
+    """Remove every trace of lab ``name``: instances, helper processes, namespaces."""
+    mine = _mine(name, _instances(apptainer))
+    # In parallel: each stop waits for its supervisor, and they do not depend on each other.
+    stops = [subprocess.Popen([apptainer.binary, "instance", "stop", "-t", "10", inst],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for inst in mine]
+    for proc in stops:
+        proc.wait(60)
+    for proc in procs or []:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    for ns in _mine(name, _namespaces()):
+        # Processes of a crashed run outlive `ip netns del`: end them first.
+        for pid in _run(["ip", "netns", "pids", ns], check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        _run(["ip", "netns", "del", ns], check=False)
+    # Work folders (overlays, CNI configs) of this run and of crashed ones; the
+    # instances are gone, so no loop device holds their overlays any more.
+    for work in Path(tempfile.gettempdir()).glob(f"{name}-*"):
+        shutil.rmtree(work, ignore_errors=True)
+    if mine:
+        say(f"removed {len(mine)} instance(s) of lab {name}")

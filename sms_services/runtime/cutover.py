@@ -1,0 +1,283 @@
+"""Replace the running SMS-services image without touching running jobs.
+
+Stop the old instance, start the new image on the same overlay with the same
+addresses (on the same or another infrastructure host), prove every service
+answers, and put the old image back if it does not. Compute nodes keep their
+jobs meanwhile: slurmd only needs the controller back before SlurmdTimeout.
+
+The service gap is measured from a compute node, the way slurmd sees it: a
+loop of ``scontrol ping`` there, each bounded to 0.5 s, timestamped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from sms_services import slurm
+from sms_services.apptainer import Apptainer
+from sms_services.errors import UserError
+from sms_services.image.accounts import Accounts, id_maps, ids
+from sms_services.inputs.fragment import Fragment
+from sms_services.inputs.project import Project
+from sms_services.inputs.site import Site, render_site
+from sms_services.probes.kinds import Cluster, Result, failed_services, run_all
+from sms_services.runtime.overlay import copy_overlay, usage, write_overlay_files
+from sms_services.trust.signing import Signer, Trust, check
+
+FREE_NEEDED = 8 * 2**20  # a state save of slurmctld and a restart's logs, with room to spare
+PING_LOOP = ('while :; do if timeout 0.5 scontrol ping 2>/dev/null | grep -q "is UP"; then s=UP; else s=DOWN; fi; '
+             'echo "$(date +%s.%N) $s"; sleep 0.05; done')
+
+
+class Running(Cluster, Protocol):
+    """Where SMS-services runs and how to replace it: the lab (``lab.Lab``) or a
+    recorded production instance (``deploy.Deployment``)."""
+
+    apptainer: Apptainer
+    sms_sif: Path
+    sms_overlay: Path | None
+    release: str
+    sms_fragments: tuple[Fragment, ...]
+    site: Site
+    host: str
+    work: Path  # scratch space for this cutover
+    sms_started_at: float
+    probe_skip: frozenset[str]  # probe kinds that cannot run here
+    passwd: str  # the accounts in effect now, by which the overlay's files are owned
+    group: str
+    shadow: str
+
+    def exec_command(self, node: str | None, command: list[str]) -> list[str]: ...
+    def stop_sms(self) -> float: ...
+    def start_sms(self, sif: Path, *, host: str = "") -> float: ...
+    def image_accounts(self, sif: Path) -> Accounts: ...
+    def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]: ...
+    def site_file_modes(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]: ...
+
+
+class ControllerWatch:
+    """``scontrol ping`` from a compute node in a loop, for the service gap."""
+
+    def __init__(self, lab: Running, node: str) -> None:
+        self.log = lab.work / f"watch-{node}-{time.monotonic_ns()}.log"
+        cmd = lab.exec_command(node, ["/bin/sh", "-c", PING_LOOP])
+        self._fh = open(self.log, "w")
+        self._proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.DEVNULL, cwd="/",
+                                      start_new_session=True)
+
+    def samples(self) -> list[tuple[float, bool]]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                try:
+                    out.append((float(parts[0]), parts[1] == "UP"))
+                except ValueError:
+                    pass
+        return out
+
+    def wait_up(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(up for _, up in self.samples()):
+                return
+            time.sleep(0.1)
+        raise UserError("cutover: the controller does not answer a compute node before the cutover; "
+                        "fix the running instance first")
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+        self._fh.close()
+
+
+def outages(samples: list[tuple[float, bool]], since: float) -> list[float] | None:
+    """Each stretch, after ``since``, from the last answer to the next one, in seconds.
+
+    Empty when the controller never stopped answering; None when it never came back.
+    """
+    found: list[float] = []
+    last_up = max((t for t, up in samples if up and t < since), default=since)
+    down = False
+    for t, up in (s for s in samples if s[0] >= since):
+        if up:
+            if down:
+                found.append(round(t - last_up, 2))
+                down = False
+            last_up = t
+        else:
+            down = True
+    return None if down else found
+
+
+@dataclass
+class CutoverReport:
+    old_sif: str
+    new_sif: str
+    old_release: str
+    new_release: str
+    host: str
+    ok: bool = False
+    rolled_back: bool = False
+    gap_s: float | None = None  # the longest time the controller did not answer (None: it never did again)
+    outages_s: list[float] = field(default_factory=list)
+    stop_s: float = 0.0
+    start_s: float = 0.0
+    green_s: float = 0.0  # new instance started -> every probe passed
+    signer: str = ""
+    site_files_changed: list[str] = field(default_factory=list)
+    renumbered: list[str] = field(default_factory=list)  # "munge 101 -> 995": SMS-mgmt must serve these
+    results: list[Result] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["results"] = [r.to_dict() for r in self.results]
+        return data
+
+
+def step_reasons(old: dict[str, str], new: dict[str, str], node_slurmd: str | list[str]) -> list[str]:
+    """Why Slurm would not accept this step (empty: it would), from the images' labels
+    and the slurmd version(s) of the compute nodes."""
+    reasons = []
+    versions = [node_slurmd] if isinstance(node_slurmd, str) else node_slurmd
+    old_ctl, new_ctl = old.get("sms-services.slurm.installed", ""), new.get("sms-services.slurm.installed", "")
+    try:
+        allowed, why = slurm.upgrade_allowed(old_ctl, new_ctl)
+        if not allowed:
+            reasons.append(f"slurmctld state and accounting DB: {why}")
+        for version in (v for v in versions if v):
+            if not slurm.can_serve(new_ctl, version):
+                reasons.append(f"compute nodes run slurmd {slurm.major(version)}, which slurmctld "
+                               f"{slurm.major(new_ctl)} does not serve (serves "
+                               f"{' '.join(slurm.served_majors(new_ctl))})")
+    except ValueError as err:
+        reasons.append(f"Slurm versions of the images cannot be compared: {err}")
+    return reasons
+
+
+def renumbered(old: Accounts, new: Accounts) -> list[str]:
+    """The accounts whose user number differs between two images ("munge 101 -> 995")."""
+    a, b = ids(old[0]), ids(new[0])
+    return [f"{n} {a[n]} -> {b[n]}" for n in sorted(a.keys() & b.keys()) if a[n] != b[n]]
+
+
+def _carry_over(lab: Running, new_frags, new_release: str, accounts: Accounts) -> list[str]:
+    """A new release on an old overlay: its site files, its account numbers, owners to match."""
+    assert lab.sms_overlay is not None
+    remap = id_maps((lab.passwd, lab.group, lab.shadow), accounts)
+    files = render_site(lab.site, new_frags, new_release)
+    files.update(lab.adopt_accounts(*accounts))
+    owners, modes = lab.site_file_modes()
+    owners["/etc/shadow"] = (0, ids(accounts[1]).get("shadow", 0))
+    modes["/etc/shadow"] = 0o640
+    return write_overlay_files(lab.sms_overlay, files, owners=owners, modes=modes, remap=remap)
+
+
+def cutover(lab: Running, project: Project, new_sif: Path, *, trust: Trust, deadline: float = 120,
+            host: str | None = None, node_slurmd: str | list[str] = "", rollback: bool = True,
+            signer: Signer | None = None,
+            say: Callable[[str], None] = lambda s: None,
+            say_result: Callable[[Result], None] = lambda r: None) -> CutoverReport:
+    """Move SMS-services (a lab's or a recorded instance's) to ``new_sif``, on ``host``
+    (default: where it runs now).
+
+    Refuses, before stopping anything, an image its trust refuses (``signer``: the
+    caller has checked it already), a Slurm step Slurm does not allow, or a full
+    overlay. Rolls back to the old image when a probe still fails ``deadline``
+    seconds after the start: across Slurm majors on the overlay as the old image
+    left it, within one on what the new controller wrote.
+    """
+    apptainer = lab.apptainer
+    new_sif = new_sif.resolve()
+    old_sif, old_host, old_release, old_frags = lab.sms_sif, lab.host, lab.release, lab.sms_fragments
+    if signer is None:
+        signer = check(apptainer, new_sif, trust, warn=say)
+    old_labels, new_labels = apptainer.labels(old_sif), apptainer.labels(new_sif)
+    new_release = new_labels.get("sms-services.release", "")
+    if new_release not in project.matrix.releases:
+        raise UserError(f"{new_sif}: not an SMS-services image (no known sms-services.release label)")
+    refused = step_reasons(old_labels, new_labels, node_slurmd)
+    if refused:
+        raise UserError(f"cutover to {new_sif.name} refused: {'; '.join(refused)}")
+    assert lab.sms_overlay is not None
+    used, total = usage(lab.sms_overlay)
+    if total - used < FREE_NEEDED:
+        raise UserError(f"cutover refused: overlay {lab.sms_overlay} is full ({used / 2**20:.0f} of "
+                        f"{total / 2**20:.0f} MiB in use); slurmctld could not save its state: free space "
+                        "(old logs, /var/tmp) or grow the overlay first")
+    new_frags = project.sms_fragments(new_release)
+    report = CutoverReport(str(old_sif), str(new_sif), old_release, new_release,
+                           host if host is not None else old_host, signer=str(signer) if signer else "UNSIGNED")
+    # Read before the stop: the gap should not include reading the images.
+    accounts = lab.image_accounts(new_sif) if new_release != old_release else None
+    # Across Slurm majors the new controller rewrites its state in a format the old
+    # cannot read: a rollback must restart on the state as the old image left it.
+    # Within one major it restarts on what the new one wrote, so jobs that finished
+    # meanwhile stay finished (a copy would bring them back as running).
+    same_major = slurm.major(old_labels["sms-services.slurm.installed"]) == \
+        slurm.major(new_labels["sms-services.slurm.installed"])
+    # Beside the overlay, not in a scratch folder: the rollback renames it into place,
+    # which only works on the same filesystem.
+    before = None if same_major else lab.sms_overlay.with_name(f".{lab.sms_overlay.name}.before-cutover")
+    watch = ControllerWatch(lab, lab.nodes[0])
+    try:
+        watch.wait_up()
+        since = time.time()
+        say(f"stopping {old_sif.name}")
+        report.stop_s = lab.stop_sms()
+        try:
+            if before is not None:
+                copy_overlay(lab.sms_overlay, before)
+            if accounts is not None:
+                report.renumbered = renumbered((lab.passwd, lab.group, lab.shadow), accounts)
+                report.site_files_changed = _carry_over(lab, new_frags, new_release, accounts)
+            lab.release, lab.sms_fragments = new_release, new_frags
+            say(f"starting {new_sif.name}" + (f" on {report.host}" if report.host else ""))
+            report.start_s = lab.start_sms(new_sif, host=report.host)
+        except (UserError, OSError) as err:
+            # The new image never ran (no copy space, no start): the old one must not stay down.
+            if before is not None and before.exists():  # (complete: copy_overlay renames when done)
+                os.replace(before, lab.sms_overlay)
+            lab.release, lab.sms_fragments = old_release, old_frags
+            lab.start_sms(old_sif, host=old_host)
+            raise UserError(f"cutover to {new_sif.name} failed before it started ({err}); "
+                            f"{old_sif.name} runs again") from None
+        results = run_all(lab, new_frags, ready_timeout=deadline, phase="cutover", skip=lab.probe_skip,
+                          say=say_result)
+        report.green_s = round(time.monotonic() - lab.sms_started_at, 2)
+        report.results = results
+        report.ok = all(r.ok for r in results)
+        if not report.ok:
+            failed = failed_services(results)
+            report.reasons.append(f"after the cutover these services failed their probes: {', '.join(failed)}")
+            if rollback:
+                say(f"rolling back to {old_sif.name}: {', '.join(failed)} failed")
+                lab.stop_sms()
+                if before is not None:
+                    os.replace(before, lab.sms_overlay)
+                lab.release, lab.sms_fragments = old_release, old_frags
+                lab.start_sms(old_sif, host=old_host)
+                report.results += run_all(lab, old_frags, ready_timeout=deadline, phase="rollback",
+                                          skip=lab.probe_skip, say=say_result)
+                report.rolled_back = True
+        time.sleep(0.3)  # a few samples after the last start
+        gaps = outages(watch.samples(), since)
+        report.outages_s = gaps or []
+        report.gap_s = None if gaps is None else max(gaps, default=0.0)
+    finally:
+        watch.stop()
+        if before is not None:
+            before.unlink(missing_ok=True)
+    return report

@@ -1,0 +1,292 @@
+"""A production SMS-services instance: started from a record, so it can be replaced.
+
+``smsctl start`` starts a signed image on the site's bridges and writes what it
+did to ``$SMS_STATE_DIR/instances/<name>.json`` (default /var/lib/sms-services):
+image, overlay, site file, bridges, binds, and how to reach a compute node. A
+cutover (``smsctl cutover --to NEW``) reads that record to start the new image
+exactly like the old one, and rewrites it only once the new image runs.
+
+Probes run as in the lab, with two differences an admin expects on a live
+cluster: a compute node is reached with a command of the site's choosing (ssh
+by default, the way pdsh does it), and probes that need the lab's own hosts (a
+public host to relay through, an SMS-mgmt we may change) or free nodes (test
+jobs) are left out unless asked for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sms_services.apptainer import Apptainer
+from sms_services.errors import UserError
+from sms_services.files import atomic_write
+from sms_services.image.accounts import Accounts, image_accounts, merge, owner_of
+from sms_services.inputs.project import Project
+from sms_services.inputs.site import load_site
+from sms_services.probes.kinds import ProbeFailed
+from sms_services.runtime.instance import (
+    RunsCommands,
+    caps_of,
+    cni_dir,
+    exec_command,
+    instance_pids,
+    mac_for,
+    start_instance,
+    stop_instance,
+    write_network,
+)
+from sms_services.runtime.overlay import read_overlay_file
+
+DEFAULT_STATE = Path("/var/lib/sms-services")
+DEFAULT_NODE_EXEC = "ssh -o BatchMode=yes -o ConnectTimeout=5 {node}"
+# Probes that need the lab's own public host or an SMS-mgmt the probe may change.
+LAB_ONLY = frozenset({"smtp-no-relay", "nat-route", "public-closed", "wwclient-sync"})
+# Probes that run test jobs: they need idle nodes, which a busy cluster does not have.
+JOB_PROBES = frozenset({"slurm-nodes-idle", "slurm-srun", "slurm-sbatch", "slurm-sacct", "slurm-job-mail"})
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("SMS_STATE_DIR", DEFAULT_STATE))
+
+
+@dataclass
+class Record:
+    """How an instance was started: everything a cutover needs to start another image the same way."""
+
+    name: str
+    sif: str
+    release: str
+    overlay: str
+    site: str
+    provision_bridge: str
+    public_bridge: str
+    node_exec: str = DEFAULT_NODE_EXEC
+    binds: list[str] = field(default_factory=list)
+    signer: str = ""
+    started: str = ""
+    history: list[dict[str, str]] = field(default_factory=list)  # earlier images, newest last
+
+    @staticmethod
+    def path_of(name: str) -> Path:
+        return state_dir() / "instances" / f"{name}.json"
+
+    @classmethod
+    def load(cls, name: str) -> Record:
+        path = cls.path_of(name)
+        if not path.is_file():
+            raise UserError(f"{path}: no record of an instance named {name!r}; start it with "
+                            f"smsctl start --name {name} ... (or give --name)")
+        try:
+            data: Any = json.loads(path.read_text())
+            return cls(**data)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"{path}: not a record smsctl start wrote ({err}); start the instance again "
+                            "with smsctl start") from None
+
+    def save(self) -> None:
+        path = self.path_of(self.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(asdict(self), indent=2) + "\n")
+
+
+class Deployment(RunsCommands):
+    """A recorded production instance, with what probes and a cutover need of it."""
+
+    host = ""  # a deployment is replaced on the host it runs on
+
+    def __init__(self, project: Project, apptainer: Apptainer, record: Record, *, jobs: bool = False) -> None:
+        self.project, self.apptainer, self.record = project, apptainer, record
+        self.sms_sif = Path(record.sif)
+        self.sms_overlay = Path(record.overlay)
+        self.release = record.release
+        self.sms_fragments = project.sms_fragments(record.release)
+        self.site = load_site(Path(record.site), self.sms_fragments, list(project.fragments.values()))
+        self.nodes = [str(n["name"]) for n in self.site.values.get("nodes", [])]
+        self.probe_skip = LAB_ONLY if jobs else LAB_ONLY | JOB_PROBES
+        self.sms_started_at = 0.0
+        self.work = Path(tempfile.mkdtemp(prefix=f"sms-cutover-{record.name}-"))
+        self._accounts: Accounts | None = None
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- addresses (the probes' view) ------------------------------------------------
+    @property
+    def sms_ip(self) -> str:
+        return str(self.site.values["provision_ip"])
+
+    @property
+    def sms_public_ip(self) -> str:
+        return str(self.site.values["public_ip"])
+
+    public_host_ip = ""  # none on a live cluster: its probes are left out (LAB_ONLY)
+
+    @property
+    def mail_domain(self) -> str:
+        return str(self.site.values.get("mail_domain", "cluster.local"))
+
+    # --- running commands --------------------------------------------------------------
+    def exec_command(self, node: str | None, command: list[str]) -> list[str]:
+        """On SMS-services: apptainer exec. On a node: the record's node command, given the
+        command as one shell string (as ssh passes it to the remote shell)."""
+        if node is None:
+            return exec_command(self.apptainer, self.record.name, caps_of(self.sms_fragments), command)
+        return [*shlex.split(self.record.node_exec.replace("{node}", node)), shlex.join(command)]
+
+    def on_public(self, command: list[str], timeout: float = 30) -> tuple[int, str, str]:
+        raise ProbeFailed("a live cluster has no lab public host to probe from")
+
+    def mgmt_update(self) -> str:
+        raise ProbeFailed("a cutover does not change SMS-mgmt")
+
+    def slurmd_versions(self) -> list[str]:
+        """The slurmd versions the controller has seen on the nodes (``scontrol show node``)."""
+        rc, out, err = self.on_node(self.nodes[0], ["scontrol", "-o", "show", "node"])
+        if rc != 0:
+            raise UserError(f"cutover: cannot read the nodes' slurmd versions from {self.nodes[0]} "
+                            f"({(err or out).strip()[:200]}); check --node-exec")
+        return sorted({f.split("=", 1)[1] for f in out.split() if f.startswith("Version=") and f != "Version=(null)"})
+
+    # --- the instance ---------------------------------------------------------------------
+    def running(self) -> bool:
+        return bool(instance_pids(self.apptainer, self.record.name))
+
+    def stop_sms(self) -> float:
+        seconds, _ = stop_instance(self.apptainer, self.record.name, self.sms_overlay)
+        return seconds  # (the `instance stop` left finishing needs nobody to wait for it)
+
+    def start_sms(self, sif: Path, *, host: str = "") -> float:
+        """Start ``sif`` as the recorded instance: same name, addresses, MAC, overlay, binds."""
+        rec = self.record
+        site = self.site.values
+        cni = cni_dir()
+        prov, pub = f"{rec.name}-prov", f"{rec.name}-pub"
+        write_network(cni, prov, rec.provision_bridge, forward=True)
+        write_network(cni, pub, rec.public_bridge)
+        prefix = _prefix(site["provision_network"])
+        t = time.monotonic()
+        start_instance(self.apptainer, sif, rec.name, hostname=str(site["sms_hostname"]), overlay=self.sms_overlay,
+                       caps=caps_of(self.sms_fragments),
+                       nets=[(prov, f"{self.sms_ip}/{prefix}", mac_for(self.sms_ip)),
+                             (pub, f"{self.sms_public_ip}/{_prefix(site['public_network'])}", None)],
+                       extra=[a for b in rec.binds for a in ("--bind", b)], what="start")
+        self.sms_started_at = time.monotonic()
+        if Path(rec.sif) != sif or rec.release != self.release:
+            rec.history.append({"sif": rec.sif, "release": rec.release, "until": _now()})
+        rec.sif, rec.release, rec.started = str(sif), self.release, _now()
+        self.sms_sif = sif
+        rec.save()
+        return round(self.sms_started_at - t, 2)
+
+    # --- accounts, for a cutover across releases --------------------------------------
+    @property
+    def passwd(self) -> str:
+        return self._image_accounts()[0]
+
+    @property
+    def group(self) -> str:
+        return self._image_accounts()[1]
+
+    @property
+    def shadow(self) -> str:
+        return self._image_accounts()[2]
+
+    def _image_accounts(self) -> Accounts:
+        if self._accounts is None:
+            self._accounts = image_accounts(self.apptainer, self.sms_sif)
+        return self._accounts
+
+    def image_accounts(self, sif: Path) -> Accounts:
+        return image_accounts(self.apptainer, sif)
+
+    def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]:
+        """The new image's system accounts plus the cluster's users now in the overlay.
+        SMS-mgmt must serve the same numbers from now on, or its next sync undoes them."""
+        current = []
+        for path in ("/etc/passwd", "/etc/group", "/etc/shadow"):
+            try:
+                current.append(read_overlay_file(self.sms_overlay, path).decode())
+            except UserError:
+                current.append("")
+        self._accounts = (passwd, group, shadow)
+        return merge((passwd, group, shadow), (current[0], current[1], current[2]))
+
+    def site_file_modes(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+        return ({"/etc/munge/munge.key": owner_of(self.passwd, "munge")},
+                {"/etc/munge/munge.key": 0o400, "/etc/slurm/slurmdbd.conf": 0o600})
+
+
+def is_bridge(name: str) -> bool:
+    """A Linux bridge of this network namespace (netlink: /sys may show another namespace's)."""
+    try:
+        out = subprocess.run(["ip", "-details", "-json", "link", "show", "dev", name], capture_output=True,
+                             text=True, timeout=10).stdout
+        return any(link.get("linkinfo", {}).get("info_kind") == "bridge" for link in json.loads(out or "[]"))
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return False
+
+
+def _prefix(network: object) -> int:
+    return ipaddress.ip_network(str(network)).prefixlen
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overlay: Path, site: Path,
+          provision_bridge: str, public_bridge: str, node_exec: str = DEFAULT_NODE_EXEC,
+          binds: list[str] | None = None, signer: str = "") -> Deployment:
+    """Start ``sif`` on ``overlay`` and record how (the caller has checked its signature)."""
+    if not overlay.is_file():
+        raise UserError(f"{overlay}: no such overlay; create it first (apptainer overlay create) with the "
+                        "site's files and munge key, or restore a backup")
+    for bridge in (provision_bridge, public_bridge):
+        if not is_bridge(bridge):
+            raise UserError(f"bridge {bridge!r}: no such Linux bridge on this host; create it "
+                            "(ip link add NAME type bridge) or name the right one")
+    release = apptainer.labels(sif).get("sms-services.release", "")
+    if release not in project.matrix.releases:
+        raise UserError(f"{sif}: not an SMS-services image (no known sms-services.release label)")
+    if instance_pids(apptainer, name):
+        raise UserError(f"instance {name} is already running; smsctl cutover --name {name} --to {sif} replaces it")
+    record = Record(name=name, sif=str(sif), release=release, overlay=str(overlay), site=str(site.resolve()),
+                    provision_bridge=provision_bridge, public_bridge=public_bridge, node_exec=node_exec,
+                    binds=list(binds or []), signer=signer)
+    dep = Deployment(project, apptainer, record)
+    try:
+        dep.start_sms(sif)
+    except BaseException:
+        dep.close()
+        raise
+    return dep
+
+
+def records() -> list[Record]:
+    """Every recorded instance of this host."""
+    folder = state_dir() / "instances"
+    return [Record.load(p.stem) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def stop(project: Project, apptainer: Apptainer, name: str) -> float:
+    with Deployment(project, apptainer, Record.load(name)) as dep:
+        if not dep.running():
+            raise UserError(f"instance {name} is not running")
+        return dep.stop_sms()
+
