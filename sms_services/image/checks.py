@@ -12,6 +12,7 @@ from sms_services.image.render import render
 from sms_services.inputs.fragment import FAMILIES, Fragment
 from sms_services.inputs.project import Project
 from sms_services.inputs.release import Variant
+from sms_services.probes import probe_name, probe_problems
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,21 @@ def check_fragment(frag: Fragment, project: Project) -> list[Finding]:
         for name in sorted(used - visible - TEMPLATE_GLOBALS):
             out.append(Finding(str(path), f"uses '{name}', which neither {frag.name} nor what it "
                                           "requires declares under 'site'"))
+    out += check_probes(frag)
+    return out
+
+
+def check_probes(frag: Fragment) -> list[Finding]:
+    """Probe kinds and parameters exist (a typo fails here, not in a root lab), and every
+    break names probes of this fragment."""
+    meta = f"{frag.path}/fragment.yaml"
+    out = [Finding(meta, f"probes[{i}]: {problem}")
+           for i, probe in enumerate(frag.probes) for problem in probe_problems(probe)]
+    names = {probe_name(p) for p in frag.probes}
+    for b in frag.breaks:
+        out += [Finding(meta, f"breaks '{b.name}': fails names {name!r}, which is not a probe of "
+                              f"{frag.name} (its probes: {', '.join(sorted(names)) or 'none'})")
+                for name in b.fails if name not in names]
     return out
 
 

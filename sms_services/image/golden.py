@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
 from pathlib import Path
 
-from sms_services.image.render import _script, files_of, packages_for, program_conf
+from sms_services.image.render import script_lines, files_of, packages_for, program_conf
 from sms_services.inputs.project import Project
 from sms_services.inputs.site import load_site, render_site
+from sms_services.probes import KINDS, probe_name
 
 GOLDEN_COMMIT = "0000000000000000000000000000000000000000"
 # Fragments are shown as they render for the default release's variant and the lab site.
@@ -52,10 +52,18 @@ def render_fragment(project: Project, name: str) -> str:
            f"capabilities: {' '.join(frag.capabilities) or '-'}",
            "ports: " + (" ".join(f"{p.port}/{p.proto}@{p.network}" for p in frag.ports) or "-"),
            f"state: {' '.join(frag.state) or '-'}", f"secrets: {' '.join(frag.secrets) or '-'}",
-           "", "## %files"]
+           f"requires: {' '.join(frag.requires) or '-'}", f"binaries: {' '.join(frag.binaries) or '-'}"]
+    out += [f"file mode: {fm.path} {fm.owner} {fm.mode:04o}" for fm in frag.file_modes]
+    out += [f"site variable: {v.name} = {v.default!r}{' (secret)' if v.secret else ''}: {v.doc}"
+            for v in frag.site]
+    out += [f"probe: {probe_name(p)}" + (f" (needs {', '.join(sorted(KINDS[p.kind].needs))})"
+                                         if p.kind in KINDS and KINDS[p.kind].needs else "")
+            for p in frag.probes]
+    out += [f"break {b.name}: {b.doc} -> fails {' '.join(b.fails)}" for b in frag.breaks]
+    out += ["", "## %files"]
     out += [f"{src} {dst}" for src, dst in files_of(frag, project.root)]
     for step in ("bootstrap.sh", "pre-install.sh", "build.sh"):
-        lines = _script(frag, step, ctx)
+        lines = script_lines(frag, step, ctx)
         if lines:
             out += ["", f"## %post {step}", *lines]
     if frag.mode != "none":
@@ -66,14 +74,3 @@ def render_fragment(project: Project, name: str) -> str:
         for target in sorted(frag.templates.values()):
             out += ["", f"## overlay file {target} (lab site)", rendered[target].rstrip("\n")]
     return "\n".join(out) + "\n"
-
-
-def fragment_golden_test(test_file: str) -> Callable[[], None]:
-    """The test a fragment folder keeps beside its templates (Warewulf-style)."""
-    folder = Path(test_file).resolve().parent
-
-    def test_fragment_renders_as_golden() -> None:
-        project = Project(folder.parent.parent)
-        compare(folder / "golden.txt", render_fragment(project, folder.name))
-
-    return test_fragment_renders_as_golden

@@ -24,6 +24,7 @@ PROTOCOLS = ("tcp", "udp")
 MODES = ("daemon", "oneshot", "none")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 CAP_RE = re.compile(r"^CAP_[A-Z_]+$")
+ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 # Files that never enter the image and so never change its content hash.
 _NOT_IMAGE = re.compile(r"(^|/)(test_[^/]*\.py|__pycache__|.*\.pyc|conftest\.py|golden\.txt)(/|$)")
@@ -52,6 +53,33 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class FileMode:
+    """Owner and mode a site file must have in the overlay (a secret, mostly)."""
+
+    path: str
+    owner: str  # an account of the image, resolved to numbers where the overlay is written
+    mode: int
+
+
+@dataclass(frozen=True)
+class Break:
+    """How to break the service on a running SMS-services, and what must notice.
+
+    The negative tests run ``script`` (``sh -e`` inside SMS-services, with ``ctl``
+    for supervisorctl), expect exactly the probes in ``fails`` of this fragment to
+    fail (with ``detail`` in their message, if given) and every other probe of it
+    to pass, then run ``repair`` and expect all of them to pass again.
+    """
+
+    name: str
+    doc: str
+    script: str
+    repair: str
+    fails: tuple[str, ...]
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Fragment:
     name: str
     path: Path
@@ -68,6 +96,8 @@ class Fragment:
     probes: tuple[Probe, ...]
     binaries: tuple[str, ...]
     digest: str = field(compare=False)
+    file_modes: tuple[FileMode, ...] = ()
+    breaks: tuple[Break, ...] = ()
 
     # The scripts are optional except run.sh for daemons and oneshots.
     def script(self, name: str) -> str | None:
@@ -107,7 +137,7 @@ def load_fragment(folder: Path) -> Fragment:
     f = Fields(load_mapping(meta_path), meta_path)
     f.unknown({
         "summary", "mode", "requires", "packages", "capabilities", "ports", "state",
-        "secrets", "site", "templates", "probes", "binaries",
+        "secrets", "site", "templates", "probes", "binaries", "file_modes", "breaks",
     })
     mode = f.str("mode", "daemon")
     if mode not in MODES:
@@ -159,6 +189,35 @@ def load_fragment(folder: Path) -> Fragment:
         kind = pf.str("kind", required=True)
         probes.append(Probe(kind, {k: v for k, v in pf.data.items() if k != "kind"}))
 
+    file_modes = []
+    ff = f.mapping("file_modes")
+    for path in sorted(ff.data):
+        mf = ff.mapping(path)
+        mf.unknown({"owner", "mode"})
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise ff.fail(path, "must be an absolute path without '..'")
+        owner = mf.str("owner", "root")
+        if not ACCOUNT_RE.match(owner):
+            raise mf.fail("owner", f"must be an account name, found {owner!r}")
+        mode_text = mf.str("mode", required=True)
+        if not re.fullmatch(r"0[0-7]{3}", mode_text):
+            raise mf.fail("mode", f"must be an octal mode in quotes like \"0400\", found {mode_text!r}")
+        file_modes.append(FileMode(path, owner, int(mode_text, 8)))
+
+    breaks = []
+    names = set()
+    for bf in f.list_of_mappings("breaks"):
+        bf.unknown({"name", "doc", "break", "repair", "fails", "detail"})
+        bname = bf.str("name", required=True)
+        if not NAME_RE.match(bname) or bname in names:
+            raise bf.fail("name", f"must be a unique lower-case word with dashes, found {bname!r}")
+        names.add(bname)
+        fails = tuple(bf.list_of_str("fails"))
+        if not fails:
+            raise bf.fail("fails", "must name the probes (kind[param=value]) the break makes fail")
+        breaks.append(Break(bname, bf.str("doc", required=True), bf.str("break", required=True),
+                            bf.str("repair", required=True), fails, bf.str("detail", "")))
+
     if mode != "none" and not (folder / "run.sh").is_file():
         raise UserError(
             f"{folder}/run.sh: missing run script for {mode} fragment '{name}'; "
@@ -179,6 +238,8 @@ def load_fragment(folder: Path) -> Fragment:
         site=tuple(site),
         templates=templates,
         probes=tuple(probes),
+        file_modes=tuple(file_modes),
+        breaks=tuple(breaks),
         binaries=tuple(f.list_of_str("binaries")),
         digest=content_digest(folder),
     )

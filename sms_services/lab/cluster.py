@@ -37,7 +37,6 @@ from sms_services.inputs.fragment import Fragment
 from sms_services.inputs.site import Site, render_site
 from sms_services.runtime.instance import (
     APPTAINER_CONF,
-    RunsCommands,
     caps_of,
     exec_command,
     instance_list,
@@ -48,9 +47,10 @@ from sms_services.runtime.instance import (
     stop_instance,
     write_network,
 )
+from sms_services.probes.registry import NEEDS
+from sms_services.probes.system import SUPERVISORCTL
 from sms_services.runtime.overlay import create_overlay, read_overlay_file
-
-SUPERVISORCTL = ["supervisorctl", "-c", "/etc/sms-services/supervisord.conf"]
+from sms_services.runtime.target import SmsTarget
 
 
 def lab_name(release: str) -> str:
@@ -74,7 +74,7 @@ class Node:
 
 
 @dataclass
-class Lab(RunsCommands):
+class Lab(SmsTarget):
     release: str
     sms_sif: Path
     compute_sif: Path
@@ -98,25 +98,9 @@ class Lab(RunsCommands):
     # one); None: a scratch overlay seeded from the site file.
     sms_overlay: Path | None = None
     host: str = ""  # the network namespace ("infrastructure host") SMS-services runs in
-    probe_skip: frozenset[str] = frozenset()  # a lab can run every probe
+    provides: frozenset[str] = frozenset(NEEDS)  # a lab can run every probe
 
-    # --- addresses, from the site file -------------------------------------------
-    @property
-    def sms_ip(self) -> str:
-        return str(self.site.values["provision_ip"])
-
-    @property
-    def sms_public_ip(self) -> str:
-        return str(self.site.values["public_ip"])
-
-    @property
-    def prefix(self) -> int:
-        return ipaddress.ip_network(str(self.site.values["provision_network"])).prefixlen
-
-    @property
-    def public_prefix(self) -> int:
-        return ipaddress.ip_network(str(self.site.values["public_network"])).prefixlen
-
+    # --- addresses the lab adds to the site's ------------------------------------
     @property
     def public_host_ip(self) -> str:
         return str(ipaddress.ip_network(str(self.site.values["public_network"])).network_address + 100)
@@ -125,10 +109,6 @@ class Lab(RunsCommands):
     def mgmt_ip(self) -> str:
         return str(self.site.values.get("wwclient_server") or
                    ipaddress.ip_network(str(self.site.values["provision_network"])).network_address + 3)
-
-    @property
-    def mail_domain(self) -> str:
-        return str(self.site.values.get("mail_domain", "cluster.local"))
 
     @property
     def sms_instance(self) -> str:
@@ -296,11 +276,6 @@ class Lab(RunsCommands):
                        netns=netns or self.name, env={"APPTAINER_CONFIG_FILE": str(self.work / "apptainer.conf")},
                        what="lab")
         self._instances.append(instance)
-
-    def site_file_modes(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
-        """Owners and modes of the site files that are secrets."""
-        return ({"/etc/munge/munge.key": self.munge_ids},
-                {"/etc/munge/munge.key": 0o400, "/etc/slurm/slurmdbd.conf": 0o600})
 
     def _start_sms(self) -> None:
         if self.sms_overlay is None:

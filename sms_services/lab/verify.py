@@ -21,7 +21,8 @@ from sms_services.image.build import Builder
 from sms_services.inputs.project import Project
 from sms_services.inputs.site import load_site
 from sms_services.lab.cluster import Lab
-from sms_services.probes.kinds import Result, failed_services, run_all, to_json
+from sms_services.probes import Result, failed_services, run_all, to_json
+from sms_services.probes.registry import SMS_MGMT_CONTROL
 from sms_services.probes.report import junit
 from sms_services.trust.signing import Trust, check, content_digest
 
@@ -114,7 +115,8 @@ def mgmt_down_phase(lab: Lab, fragments, say_result) -> list[Result]:
     lab.stop_mgmt()
     lab.supervisor("signal", "HUP", "wwclient")
     time.sleep(2)  # one failed sync attempt against the stopped SMS-mgmt
-    results = run_all(lab, fragments, ready_timeout=20, skip={"wwclient-sync"}, phase="mgmt-down",
+    results = run_all(lab, fragments, ready_timeout=20, provides=lab.provides - {SMS_MGMT_CONTROL},
+                      phase="mgmt-down",
                       say=say_result)
     after = digests()
     intact = bool(before) and before == after

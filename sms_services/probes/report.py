@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sms_services.errors import UserError
-from sms_services.probes.kinds import Result
+from sms_services.probes import Result
 
 
 def table(results: list[Result], title: str) -> Table:

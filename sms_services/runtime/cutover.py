@@ -18,17 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from sms_services import slurm
-from sms_services.apptainer import Apptainer
 from sms_services.errors import UserError
 from sms_services.image.accounts import Accounts, id_maps, ids
-from sms_services.inputs.fragment import Fragment
 from sms_services.inputs.project import Project
-from sms_services.inputs.site import Site, render_site
-from sms_services.probes.kinds import Cluster, Result, failed_services, run_all
+from sms_services.inputs.site import render_site
+from sms_services.probes import Result, failed_services, run_all
 from sms_services.runtime.overlay import copy_overlay, usage, write_overlay_files
+from sms_services.runtime.target import SmsTarget
 from sms_services.trust.signing import Signer, Trust, check
 
 FREE_NEEDED = 8 * 2**20  # a state save of slurmctld and a restart's logs, with room to spare
@@ -36,38 +34,12 @@ PING_LOOP = ('while :; do if timeout 0.5 scontrol ping 2>/dev/null | grep -q "is
              'echo "$(date +%s.%N) $s"; sleep 0.05; done')
 
 
-class Running(Cluster, Protocol):
-    """Where SMS-services runs and how to replace it: the lab (``lab.Lab``) or a
-    recorded production instance (``deploy.Deployment``)."""
-
-    apptainer: Apptainer
-    sms_sif: Path
-    sms_overlay: Path | None
-    release: str
-    sms_fragments: tuple[Fragment, ...]
-    site: Site
-    host: str
-    work: Path  # scratch space for this cutover
-    sms_started_at: float
-    probe_skip: frozenset[str]  # probe kinds that cannot run here
-    passwd: str  # the accounts in effect now, by which the overlay's files are owned
-    group: str
-    shadow: str
-
-    def exec_command(self, node: str | None, command: list[str]) -> list[str]: ...
-    def stop_sms(self) -> float: ...
-    def start_sms(self, sif: Path, *, host: str = "") -> float: ...
-    def image_accounts(self, sif: Path) -> Accounts: ...
-    def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]: ...
-    def site_file_modes(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]: ...
-
-
 class ControllerWatch:
     """``scontrol ping`` from a compute node in a loop, for the service gap."""
 
-    def __init__(self, lab: Running, node: str) -> None:
-        self.log = lab.work / f"watch-{node}-{time.monotonic_ns()}.log"
-        cmd = lab.exec_command(node, ["/bin/sh", "-c", PING_LOOP])
+    def __init__(self, target: SmsTarget, node: str) -> None:
+        self.log = target.work / f"watch-{node}-{time.monotonic_ns()}.log"
+        cmd = target.exec_command(node, ["/bin/sh", "-c", PING_LOOP])
         self._fh = open(self.log, "w")
         self._proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.DEVNULL, cwd="/",
                                       start_new_session=True)
@@ -173,19 +145,19 @@ def renumbered(old: Accounts, new: Accounts) -> list[str]:
     return [f"{n} {a[n]} -> {b[n]}" for n in sorted(a.keys() & b.keys()) if a[n] != b[n]]
 
 
-def _carry_over(lab: Running, new_frags, new_release: str, accounts: Accounts) -> list[str]:
+def _carry_over(target: SmsTarget, new_frags, new_release: str, accounts: Accounts) -> list[str]:
     """A new release on an old overlay: its site files, its account numbers, owners to match."""
-    assert lab.sms_overlay is not None
-    remap = id_maps((lab.passwd, lab.group, lab.shadow), accounts)
-    files = render_site(lab.site, new_frags, new_release)
-    files.update(lab.adopt_accounts(*accounts))
-    owners, modes = lab.site_file_modes()
+    assert target.sms_overlay is not None
+    remap = id_maps((target.passwd, target.group, target.shadow), accounts)
+    files = render_site(target.site, new_frags, new_release)
+    files.update(target.adopt_accounts(*accounts))
+    owners, modes = target.site_file_modes()
     owners["/etc/shadow"] = (0, ids(accounts[1]).get("shadow", 0))
     modes["/etc/shadow"] = 0o640
-    return write_overlay_files(lab.sms_overlay, files, owners=owners, modes=modes, remap=remap)
+    return write_overlay_files(target.sms_overlay, files, owners=owners, modes=modes, remap=remap)
 
 
-def cutover(lab: Running, project: Project, new_sif: Path, *, trust: Trust, deadline: float = 120,
+def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust, deadline: float = 120,
             host: str | None = None, node_slurmd: str | list[str] = "", rollback: bool = True,
             signer: Signer | None = None,
             say: Callable[[str], None] = lambda s: None,
@@ -199,9 +171,9 @@ def cutover(lab: Running, project: Project, new_sif: Path, *, trust: Trust, dead
     seconds after the start: across Slurm majors on the overlay as the old image
     left it, within one on what the new controller wrote.
     """
-    apptainer = lab.apptainer
+    apptainer = target.apptainer
     new_sif = new_sif.resolve()
-    old_sif, old_host, old_release, old_frags = lab.sms_sif, lab.host, lab.release, lab.sms_fragments
+    old_sif, old_host, old_release, old_frags = target.sms_sif, target.host, target.release, target.sms_fragments
     if signer is None:
         signer = check(apptainer, new_sif, trust, warn=say)
     old_labels, new_labels = apptainer.labels(old_sif), apptainer.labels(new_sif)
@@ -211,17 +183,17 @@ def cutover(lab: Running, project: Project, new_sif: Path, *, trust: Trust, dead
     refused = step_reasons(old_labels, new_labels, node_slurmd)
     if refused:
         raise UserError(f"cutover to {new_sif.name} refused: {'; '.join(refused)}")
-    assert lab.sms_overlay is not None
-    used, total = usage(lab.sms_overlay)
+    assert target.sms_overlay is not None
+    used, total = usage(target.sms_overlay)
     if total - used < FREE_NEEDED:
-        raise UserError(f"cutover refused: overlay {lab.sms_overlay} is full ({used / 2**20:.0f} of "
+        raise UserError(f"cutover refused: overlay {target.sms_overlay} is full ({used / 2**20:.0f} of "
                         f"{total / 2**20:.0f} MiB in use); slurmctld could not save its state: free space "
                         "(old logs, /var/tmp) or grow the overlay first")
     new_frags = project.sms_fragments(new_release)
     report = CutoverReport(str(old_sif), str(new_sif), old_release, new_release,
                            host if host is not None else old_host, signer=str(signer) if signer else "UNSIGNED")
     # Read before the stop: the gap should not include reading the images.
-    accounts = lab.image_accounts(new_sif) if new_release != old_release else None
+    accounts = target.image_accounts(new_sif) if new_release != old_release else None
     # Across Slurm majors the new controller rewrites its state in a format the old
     # cannot read: a rollback must restart on the state as the old image left it.
     # Within one major it restarts on what the new one wrote, so jobs that finished
@@ -230,33 +202,33 @@ def cutover(lab: Running, project: Project, new_sif: Path, *, trust: Trust, dead
         slurm.major(new_labels["sms-services.slurm.installed"])
     # Beside the overlay, not in a scratch folder: the rollback renames it into place,
     # which only works on the same filesystem.
-    before = None if same_major else lab.sms_overlay.with_name(f".{lab.sms_overlay.name}.before-cutover")
-    watch = ControllerWatch(lab, lab.nodes[0])
+    before = None if same_major else target.sms_overlay.with_name(f".{target.sms_overlay.name}.before-cutover")
+    watch = ControllerWatch(target, target.nodes[0])
     try:
         watch.wait_up()
         since = time.time()
         say(f"stopping {old_sif.name}")
-        report.stop_s = lab.stop_sms()
+        report.stop_s = target.stop_sms()
         try:
             if before is not None:
-                copy_overlay(lab.sms_overlay, before)
+                copy_overlay(target.sms_overlay, before)
             if accounts is not None:
-                report.renumbered = renumbered((lab.passwd, lab.group, lab.shadow), accounts)
-                report.site_files_changed = _carry_over(lab, new_frags, new_release, accounts)
-            lab.release, lab.sms_fragments = new_release, new_frags
+                report.renumbered = renumbered((target.passwd, target.group, target.shadow), accounts)
+                report.site_files_changed = _carry_over(target, new_frags, new_release, accounts)
+            target.release, target.sms_fragments = new_release, new_frags
             say(f"starting {new_sif.name}" + (f" on {report.host}" if report.host else ""))
-            report.start_s = lab.start_sms(new_sif, host=report.host)
+            report.start_s = target.start_sms(new_sif, host=report.host)
         except (UserError, OSError) as err:
             # The new image never ran (no copy space, no start): the old one must not stay down.
             if before is not None and before.exists():  # (complete: copy_overlay renames when done)
-                os.replace(before, lab.sms_overlay)
-            lab.release, lab.sms_fragments = old_release, old_frags
-            lab.start_sms(old_sif, host=old_host)
+                os.replace(before, target.sms_overlay)
+            target.release, target.sms_fragments = old_release, old_frags
+            target.start_sms(old_sif, host=old_host)
             raise UserError(f"cutover to {new_sif.name} failed before it started ({err}); "
                             f"{old_sif.name} runs again") from None
-        results = run_all(lab, new_frags, ready_timeout=deadline, phase="cutover", skip=lab.probe_skip,
+        results = run_all(target, new_frags, ready_timeout=deadline, phase="cutover",
                           say=say_result)
-        report.green_s = round(time.monotonic() - lab.sms_started_at, 2)
+        report.green_s = round(time.monotonic() - target.sms_started_at, 2)
         report.results = results
         report.ok = all(r.ok for r in results)
         if not report.ok:
@@ -264,13 +236,13 @@ def cutover(lab: Running, project: Project, new_sif: Path, *, trust: Trust, dead
             report.reasons.append(f"after the cutover these services failed their probes: {', '.join(failed)}")
             if rollback:
                 say(f"rolling back to {old_sif.name}: {', '.join(failed)} failed")
-                lab.stop_sms()
+                target.stop_sms()
                 if before is not None:
-                    os.replace(before, lab.sms_overlay)
-                lab.release, lab.sms_fragments = old_release, old_frags
-                lab.start_sms(old_sif, host=old_host)
-                report.results += run_all(lab, old_frags, ready_timeout=deadline, phase="rollback",
-                                          skip=lab.probe_skip, say=say_result)
+                    os.replace(before, target.sms_overlay)
+                target.release, target.sms_fragments = old_release, old_frags
+                target.start_sms(old_sif, host=old_host)
+                report.results += run_all(target, old_frags, ready_timeout=deadline, phase="rollback",
+                                          say=say_result)
                 report.rolled_back = True
         time.sleep(0.3)  # a few samples after the last start
         gaps = outages(watch.samples(), since)

@@ -30,12 +30,11 @@ from typing import Any
 from sms_services.apptainer import Apptainer
 from sms_services.errors import UserError
 from sms_services.files import atomic_write
-from sms_services.image.accounts import Accounts, image_accounts, merge, owner_of
+from sms_services.image.accounts import Accounts, image_accounts, merge
 from sms_services.inputs.project import Project
 from sms_services.inputs.site import load_site
-from sms_services.probes.kinds import ProbeFailed
+from sms_services.probes.registry import IDLE_NODES
 from sms_services.runtime.instance import (
-    RunsCommands,
     caps_of,
     cni_dir,
     exec_command,
@@ -46,13 +45,10 @@ from sms_services.runtime.instance import (
     write_network,
 )
 from sms_services.runtime.overlay import read_overlay_file
+from sms_services.runtime.target import SmsTarget
 
 DEFAULT_STATE = Path("/var/lib/sms-services")
 DEFAULT_NODE_EXEC = "ssh -o BatchMode=yes -o ConnectTimeout=5 {node}"
-# Probes that need the lab's own public host or an SMS-mgmt the probe may change.
-LAB_ONLY = frozenset({"smtp-no-relay", "nat-route", "public-closed", "wwclient-sync"})
-# Probes that run test jobs: they need idle nodes, which a busy cluster does not have.
-JOB_PROBES = frozenset({"slurm-nodes-idle", "slurm-srun", "slurm-sbatch", "slurm-sacct", "slurm-job-mail"})
 
 
 def state_dir() -> Path:
@@ -99,7 +95,7 @@ class Record:
         atomic_write(path, json.dumps(asdict(self), indent=2) + "\n")
 
 
-class Deployment(RunsCommands):
+class Deployment(SmsTarget):
     """A recorded production instance, with what probes and a cutover need of it."""
 
     host = ""  # a deployment is replaced on the host it runs on
@@ -112,7 +108,8 @@ class Deployment(RunsCommands):
         self.sms_fragments = project.sms_fragments(record.release)
         self.site = load_site(Path(record.site), self.sms_fragments, list(project.fragments.values()))
         self.nodes = [str(n["name"]) for n in self.site.values.get("nodes", [])]
-        self.probe_skip = LAB_ONLY if jobs else LAB_ONLY | JOB_PROBES
+        # Test jobs only when asked: on a live cluster the nodes are busy.
+        self.provides = frozenset({IDLE_NODES}) if jobs else frozenset()
         self.sms_started_at = 0.0
         self.work = Path(tempfile.mkdtemp(prefix=f"sms-cutover-{record.name}-"))
         self._accounts: Accounts | None = None
@@ -126,21 +123,6 @@ class Deployment(RunsCommands):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- addresses (the probes' view) ------------------------------------------------
-    @property
-    def sms_ip(self) -> str:
-        return str(self.site.values["provision_ip"])
-
-    @property
-    def sms_public_ip(self) -> str:
-        return str(self.site.values["public_ip"])
-
-    public_host_ip = ""  # none on a live cluster: its probes are left out (LAB_ONLY)
-
-    @property
-    def mail_domain(self) -> str:
-        return str(self.site.values.get("mail_domain", "cluster.local"))
-
     # --- running commands --------------------------------------------------------------
     def exec_command(self, node: str | None, command: list[str]) -> list[str]:
         """On SMS-services: apptainer exec. On a node: the record's node command, given the
@@ -148,12 +130,6 @@ class Deployment(RunsCommands):
         if node is None:
             return exec_command(self.apptainer, self.record.name, caps_of(self.sms_fragments), command)
         return [*shlex.split(self.record.node_exec.replace("{node}", node)), shlex.join(command)]
-
-    def on_public(self, command: list[str], timeout: float = 30) -> tuple[int, str, str]:
-        raise ProbeFailed("a live cluster has no lab public host to probe from")
-
-    def mgmt_update(self) -> str:
-        raise ProbeFailed("a cutover does not change SMS-mgmt")
 
     def slurmd_versions(self) -> list[str]:
         """The slurmd versions the controller has seen on the nodes (``scontrol show node``)."""
@@ -226,10 +202,6 @@ class Deployment(RunsCommands):
                 current.append("")
         self._accounts = (passwd, group, shadow)
         return merge((passwd, group, shadow), (current[0], current[1], current[2]))
-
-    def site_file_modes(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
-        return ({"/etc/munge/munge.key": owner_of(self.passwd, "munge")},
-                {"/etc/munge/munge.key": 0o400, "/etc/slurm/slurmdbd.conf": 0o600})
 
 
 def is_bridge(name: str) -> bool:

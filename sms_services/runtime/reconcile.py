@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sms_services.errors import UserError
-from sms_services.probes.kinds import Cluster
+from sms_services.probes import Cluster
 
 GONE = ("does not exist on node", "There are no steps for job")
 SETTLE_S = 30  # a job started this recently, under this controller, may still be launching

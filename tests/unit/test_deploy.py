@@ -11,12 +11,15 @@ import pytest
 
 from sms_services.cli import main as cli
 from sms_services.errors import UserError
+from sms_services.inputs.fragment import Probe
+from sms_services.probes.registry import runnable
 from sms_services.image.accounts import merge
 from sms_services.inputs.project import Project
 from sms_services.runtime.deploy import DEFAULT_NODE_EXEC, Deployment, Record, start
 from sms_services.runtime.instance import cni_dir, mac_for, write_network
 
 ROOT = Path(__file__).resolve().parents[2]
+SRUN, NAT, PING = Probe("slurm-srun", {}), Probe("nat-route", {}), Probe("slurm-ping", {})
 
 
 @pytest.fixture
@@ -58,9 +61,11 @@ def test_a_node_gets_its_command_as_one_shell_string(project: Project, state: Pa
         out = subprocess.run(["sh", "-c", 'for a; do echo "[$a]"; done', "sh", *shlex.split(cmd[4])],
                              capture_output=True, text=True).stdout
         assert "[two words; $HOME]" in out
-        assert dep.nodes == ["c1", "c2"] and "slurm-srun" in dep.probe_skip and "nat-route" in dep.probe_skip
+        assert dep.nodes == ["c1", "c2"]
+        assert not runnable(SRUN, dep.provides) and not runnable(NAT, dep.provides)
+        assert runnable(PING, dep.provides)
     with Deployment(project, None, record(), jobs=True) as dep:  # type: ignore[arg-type]
-        assert "slurm-srun" not in dep.probe_skip and "nat-route" in dep.probe_skip
+        assert runnable(SRUN, dep.provides) and not runnable(NAT, dep.provides)
 
 
 def test_start_names_a_missing_overlay_or_bridge(project: Project, tmp_path: Path, state: Path) -> None:

@@ -72,3 +72,23 @@ def test_digest_follows_content_not_tests(scratch: Path) -> None:
     assert content_digest(folder) == before
     (folder / "run.sh").write_text((folder / "run.sh").read_text() + "# changed\n")
     assert content_digest(folder) != before
+
+
+def test_file_modes_are_declared_by_the_fragments(project) -> None:
+    modes = {fm.path: (fm.owner, fm.mode) for f in project.fragments.values() for fm in f.file_modes}
+    assert modes["/etc/munge/munge.key"] == ("munge", 0o400)
+    assert modes["/etc/slurm/slurmdbd.conf"] == ("root", 0o600)
+
+
+@pytest.mark.parametrize("snippet,expect", [
+    ("file_modes:\n  /etc/munge/munge.key: {owner: munge, mode: 0400}\n", "file_modes./etc/munge/munge.key.mode"),
+    ("file_modes:\n  etc/x: {mode: \"0400\"}\n", "must be an absolute path"),
+    ("breaks:\n  - {name: x, doc: d, break: b, repair: r, fails: []}\n", "must name the probes"),
+])
+def test_bad_file_modes_and_breaks_name_the_field(scratch: Path, snippet: str, expect: str) -> None:
+    meta = scratch / "defs/cron/fragment.yaml"
+    text = meta.read_text()
+    text = text.split("\nbreaks:")[0] + "\n" if "breaks:" in snippet else text
+    meta.write_text(text + snippet)
+    with pytest.raises(UserError, match=expect.replace(".", r"\.")):
+        load_fragments(scratch / "defs")

@@ -1,5 +1,0 @@
-"""The chrony fragment renders exactly as defs/chrony/golden.txt says (SMS_UPDATE_GOLDEN=1 to accept a change)."""
-
-from sms_services.image.golden import fragment_golden_test
-
-test_chrony_renders_as_golden = fragment_golden_test(__file__)

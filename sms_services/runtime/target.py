@@ -1,0 +1,96 @@
+"""SMS-services as something to probe and to replace: what the lab and a deployment share.
+
+Two things run SMS-services: the lab (``lab.cluster.Lab``, for verify and
+rehearsals) and a recorded production instance (``runtime.deploy.Deployment``).
+Probes and a cutover see both through :class:`SmsTarget`: the addresses from the
+site, commands on SMS-services and on a node, the owners and modes of the
+site's secret files (declared by the fragments), what extra hosts the target
+provides for probes, and how to stop and start the image.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from sms_services.apptainer import Apptainer
+from sms_services.image.accounts import Accounts, owner_of
+from sms_services.inputs.fragment import Fragment
+from sms_services.inputs.site import Site
+from sms_services.probes.registry import ProbeFailed
+from sms_services.runtime.instance import RunsCommands
+
+
+class SmsTarget(RunsCommands):
+    """Where SMS-services runs; subclasses say how to run commands and (re)start it."""
+
+    apptainer: Apptainer
+    site: Site
+    release: str
+    sms_fragments: tuple[Fragment, ...]
+    sms_sif: Path
+    sms_overlay: Path | None
+    nodes: list[str]
+    host: str = ""  # the infrastructure host (lab: a network namespace) it runs on
+    work: Path  # scratch space (a cutover's watch logs)
+    sms_started_at: float = 0.0
+    provides: frozenset[str] = frozenset()  # probe needs this target can meet (probes.registry.NEEDS)
+    passwd: str  # the accounts in effect now, by which the overlay's files are owned
+    group: str
+    shadow: str
+
+    # --- addresses, from the site file ------------------------------------------
+    @property
+    def sms_ip(self) -> str:
+        return str(self.site.values["provision_ip"])
+
+    @property
+    def sms_public_ip(self) -> str:
+        return str(self.site.values["public_ip"])
+
+    @property
+    def prefix(self) -> int:
+        return ipaddress.ip_network(str(self.site.values["provision_network"])).prefixlen
+
+    @property
+    def public_prefix(self) -> int:
+        return ipaddress.ip_network(str(self.site.values["public_network"])).prefixlen
+
+    @property
+    def mail_domain(self) -> str:
+        return str(self.site.values.get("mail_domain", "cluster.local"))
+
+    public_host_ip = ""  # only the lab has a public host of its own
+
+    # --- what only a lab has ------------------------------------------------------
+    def on_public(self, command: list[str], timeout: float = 30) -> tuple[int, str, str]:
+        raise ProbeFailed("no public host to probe from here")
+
+    def mgmt_update(self) -> str:
+        raise ProbeFailed("SMS-mgmt is not this run's to change")
+
+    # --- the site's secret files --------------------------------------------------
+    def site_file_modes(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+        """Owners (uid, gid from the accounts in effect) and modes of the files the
+        fragments declare under ``file_modes`` (the munge key 0400 munge, ...)."""
+        owners: dict[str, tuple[int, int]] = {}
+        modes: dict[str, int] = {}
+        for frag in self.sms_fragments:
+            for fm in frag.file_modes:
+                modes[fm.path] = fm.mode
+                if fm.owner != "root":
+                    owners[fm.path] = owner_of(self.passwd, fm.owner)
+        return owners, modes
+
+    # --- replacing the image ------------------------------------------------------
+    def stop_sms(self) -> float:
+        raise NotImplementedError
+
+    def start_sms(self, sif: Path, *, host: str = "") -> float:
+        raise NotImplementedError
+
+    def image_accounts(self, sif: Path) -> Accounts:
+        raise NotImplementedError
+
+    def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]:
+        raise NotImplementedError
