@@ -18,6 +18,7 @@ from rich.table import Table
 
 from sms_services import __version__
 from sms_services.errors import UserError
+from sms_services.image.render import render_context
 from sms_services.inputs.project import Project, load_project
 
 if TYPE_CHECKING:  # cryptography is imported only by the commands that sign
@@ -93,7 +94,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     project = _project(args)
     variant = project.matrix.get(args.release or project.matrix.default).variant(args.variant)
-    ctx = project.context(variant, commit=args.commit, role="compute" if args.compute else "sms")
+    ctx = render_context(project, variant, commit=args.commit, role="compute" if args.compute else "sms")
     sys.stdout.write(render(ctx, args.layer).text())
     return 0
 

@@ -22,7 +22,7 @@ from sms_services.apptainer import Apptainer, last_line
 from sms_services.errors import UserError
 from sms_services.files import atomic_write, sha256_file
 from sms_services.image.checks import check_variant
-from sms_services.image.render import render
+from sms_services.image.render import render, render_context
 from sms_services.inputs.project import Project
 from sms_services.inputs.release import Variant
 from sms_services.trust.signing import build_key, build_signer, sign
@@ -115,7 +115,7 @@ class Builder:
     def build(self, variant: Variant, *, out: Path | None = None, commit: str | None = None,
               role: str = "sms") -> BuildResult:
         start = time.monotonic()
-        ctx = self.project.context(variant, commit, role)
+        ctx = render_context(self.project, variant, commit, role)
         problems = check_variant(variant, self.project, role)
         if problems:
             more = f" (and {len(problems) - 1} more: smsctl check)" if len(problems) > 1 else ""

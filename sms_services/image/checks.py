@@ -8,7 +8,7 @@ import jinja2
 import jinja2.meta
 
 from sms_services.image.definition import lint
-from sms_services.image.render import render
+from sms_services.image.render import render, render_context
 from sms_services.inputs.fragment import FAMILIES, Fragment
 from sms_services.inputs.project import Project
 from sms_services.inputs.release import Variant
@@ -82,7 +82,7 @@ def check_variant(variant: Variant, project: Project, role: str = "sms") -> list
                                    f"port {port.port}/{port.proto} is also claimed by fragment "
                                    f"'{claimed[key]}' in release {variant.release.id}"))
             claimed.setdefault(key, frag.name)
-    text = render(project.context(variant, commit="check", role=role)).text()
+    text = render(render_context(project, variant, commit="check", role=role)).text()
     for p in lint(text):
         out.append(Finding(f"release {variant.name} {role} definition line {p.line}", p.message))
     return out

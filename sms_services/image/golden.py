@@ -10,7 +10,13 @@ import difflib
 import os
 from pathlib import Path
 
-from sms_services.image.render import script_lines, files_of, packages_for, program_conf
+from sms_services.image.render import (
+    files_of,
+    packages_for,
+    program_conf,
+    render_context,
+    script_lines,
+)
 from sms_services.inputs.project import Project
 from sms_services.inputs.site import load_site, render_site
 from sms_services.probes import KINDS, probe_name
@@ -44,7 +50,7 @@ def render_fragment(project: Project, name: str) -> str:
     rel, role = next((r, role) for r in candidates for role in ("sms", "compute")
                      if name in r.role_fragments(role) and r.debian)
     variant = rel.variant()
-    ctx = project.context(variant, GOLDEN_COMMIT, role)
+    ctx = render_context(project, variant, GOLDEN_COMMIT, role)
     out = [f"# fragment {name} as rendered for release {rel.id} ({variant.kind}/{variant.base.name})",
            f"summary: {frag.summary}", f"mode: {frag.mode}",
            f"packages: {' '.join(packages_for(frag, variant)) or '-'}",

@@ -22,8 +22,10 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from sms_services import __version__
 from sms_services.image.definition import Definition
 from sms_services.inputs.fragment import Fragment
+from sms_services.inputs.project import Project, git_commit
 from sms_services.inputs.release import Variant
 
 LAYERS = ("os", "packages", "final")
@@ -52,6 +54,13 @@ class RenderContext:
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.fragments]
+
+
+def render_context(project: Project, variant: Variant, commit: str | None = None,
+                   role: str = "sms") -> RenderContext:
+    """What one render needs: the variant, its fragments in order, and where it came from."""
+    prov = Provenance(commit if commit is not None else git_commit(project.root), __version__)
+    return RenderContext(variant, project.ordered(variant, role), prov, project.root, role)
 
 
 def packages_for(frag: Fragment, variant: Variant) -> tuple[str, ...]:

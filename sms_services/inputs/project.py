@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from sms_services import __version__
 from sms_services.errors import UserError
-from sms_services.image.render import Provenance, RenderContext
 from sms_services.inputs.fragment import Fragment, load_fragments, order
 from sms_services.inputs.release import Matrix, Variant, load_matrix
 
@@ -64,10 +62,6 @@ class Project:
     def sms_fragments(self, release: str) -> tuple[Fragment, ...]:
         """SMS-services' fragments of a release's Debian variant (what the lab and cutovers run)."""
         return self.ordered(self.matrix.get(release).variant("debian"))
-
-    def context(self, variant: Variant, commit: str | None = None, role: str = "sms") -> RenderContext:
-        prov = Provenance(commit if commit is not None else git_commit(self.root), __version__)
-        return RenderContext(variant, self.ordered(variant, role), prov, self.root, role)
 
 
 def load_project(root: Path | None = None) -> Project:

@@ -35,6 +35,8 @@ from sms_services.errors import UserError
 from sms_services.image.accounts import image_accounts, owner_of
 from sms_services.inputs.fragment import Fragment
 from sms_services.inputs.site import Site, render_site
+from sms_services.probes.registry import NEEDS
+from sms_services.probes.system import SUPERVISORCTL
 from sms_services.runtime.instance import (
     APPTAINER_CONF,
     caps_of,
@@ -47,8 +49,6 @@ from sms_services.runtime.instance import (
     stop_instance,
     write_network,
 )
-from sms_services.probes.registry import NEEDS
-from sms_services.probes.system import SUPERVISORCTL
 from sms_services.runtime.overlay import create_overlay, read_overlay_file
 from sms_services.runtime.target import SmsTarget
 

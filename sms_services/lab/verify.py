@@ -22,7 +22,7 @@ from sms_services.inputs.project import Project
 from sms_services.inputs.site import load_site
 from sms_services.lab.cluster import Lab
 from sms_services.probes import Result, failed_services, run_all, to_json
-from sms_services.probes.registry import SMS_MGMT_CONTROL
+from sms_services.probes.registry import KINDS, SMS_MGMT_CONTROL
 from sms_services.probes.report import junit
 from sms_services.trust.signing import Trust, check, content_digest
 
@@ -106,21 +106,21 @@ def open_lab(project: Project, apptainer: Apptainer, release: str, *, sif: Path 
         yield lab
 
 
-def mgmt_down_phase(lab: Lab, fragments, say_result) -> list[Result]:
+def mgmt_down_phase(lab: Lab, syncing: str, say_result: Callable[[Result], None]) -> list[Result]:
     """SMS-mgmt stopped: every other probe passes and synced files stay as they were."""
     def digests() -> str:
         return lab.on_sms(["sha256sum", *SYNCED])[1]
 
     before = digests()
     lab.stop_mgmt()
-    lab.supervisor("signal", "HUP", "wwclient")
+    lab.supervisor("signal", "HUP", syncing)
     time.sleep(2)  # one failed sync attempt against the stopped SMS-mgmt
-    results = run_all(lab, fragments, ready_timeout=20, provides=lab.provides - {SMS_MGMT_CONTROL},
+    results = run_all(lab, lab.sms_fragments, ready_timeout=20, provides=lab.provides - {SMS_MGMT_CONTROL},
                       phase="mgmt-down",
                       say=say_result)
     after = digests()
     intact = bool(before) and before == after
-    res = Result("wwclient", "files-intact", intact, 0, 0, 1,
+    res = Result(syncing, "files-intact", intact, 0, 0, 1,
                  "synced files unchanged while SMS-mgmt is down" if intact
                  else "synced files changed or vanished while SMS-mgmt was down", "mgmt-down")
     say_result(res)
@@ -142,7 +142,6 @@ def verify(project: Project, apptainer: Apptainer, release: str, *, sif: Path | 
            say_result: Callable[[Result], None] = lambda r: None,
            hook: Callable[[Lab], None] | None = None, trust: Trust | None = None) -> Outcome:
     start = time.monotonic()
-    rel = project.matrix.get(release)
     results: list[Result] = []
     with open_lab(project, apptainer, release, sif=sif, site_path=site_path, trust=trust, say=say) as lab:
         say(f"lab {lab.name} up in {lab.timings['lab_up_s']} s; probing from {', '.join(lab.nodes)}")
@@ -150,8 +149,12 @@ def verify(project: Project, apptainer: Apptainer, release: str, *, sif: Path | 
             hook(lab)  # tests break a service here
         results = probe_services(lab, say_result=say_result).results
         lab.timings["start_to_green_s"] = round(time.monotonic() - lab.sms_started_at, 2)
-        if "wwclient" in rel.fragments and all(r.ok for r in results):
-            results += mgmt_down_phase(lab, lab.sms_fragments, say_result)
+        # The service whose probe changes SMS-mgmt syncs from it: with SMS-mgmt down, it must
+        # keep the files it has and everything else must still answer.
+        syncing = [f.name for f in lab.sms_fragments for p in f.probes
+                   if p.kind in KINDS and SMS_MGMT_CONTROL in KINDS[p.kind].needs]
+        if syncing and all(r.ok for r in results):
+            results += mgmt_down_phase(lab, syncing[0], say_result)
         logs = failed_service_logs(lab, results)
         lab.timings["sms_instance_stop_s"] = lab.stop_sms()
     meta = {"release": release, "variant": "debian", "sif": str(lab.sms_sif), "compute_sif": str(lab.compute_sif),

@@ -27,9 +27,9 @@ from sms_services.inputs.project import Project
 from sms_services.lab.cluster import Lab
 from sms_services.lab.rehearse import rehearse
 from sms_services.lab.verify import open_lab, prepare_images, probe_services
+from sms_services.probes import KINDS
 from sms_services.runtime.backup import backup, check_backup, restore
 from sms_services.runtime.cutover import cutover
-from sms_services.probes import KINDS
 from sms_services.runtime.reconcile import reconcile
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.signing import Trust, build_key, sign, signatures

@@ -11,10 +11,10 @@ import pytest
 
 from sms_services.cli import main as cli
 from sms_services.errors import UserError
-from sms_services.inputs.fragment import Probe
-from sms_services.probes.registry import runnable
 from sms_services.image.accounts import merge
+from sms_services.inputs.fragment import Probe
 from sms_services.inputs.project import Project
+from sms_services.probes.registry import runnable
 from sms_services.runtime.deploy import DEFAULT_NODE_EXEC, Deployment, Record, start
 from sms_services.runtime.instance import cni_dir, mac_for, write_network
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sms_services.image.golden import GOLDEN_COMMIT, compare
-from sms_services.image.render import render
+from sms_services.image.render import render, render_context
 from sms_services.inputs.project import Project
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,7 +15,7 @@ VARIANTS = [v for r in PROJECT.matrix.releases.values() for v in r.variants()]
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 def test_release_renders_as_golden(variant) -> None:
-    text = render(PROJECT.context(variant, GOLDEN_COMMIT)).text()
+    text = render(render_context(PROJECT, variant, GOLDEN_COMMIT)).text()
     compare(ROOT / "tests/golden" / f"{variant.name}.def", text)
 
 
@@ -24,20 +24,20 @@ DEBIAN = [v for v in VARIANTS if v.kind == "debian"]
 
 @pytest.mark.parametrize("variant", DEBIAN, ids=[v.name for v in DEBIAN])
 def test_compute_image_renders_as_golden(variant) -> None:
-    text = render(PROJECT.context(variant, GOLDEN_COMMIT, role="compute")).text()
+    text = render(render_context(PROJECT, variant, GOLDEN_COMMIT, role="compute")).text()
     compare(ROOT / "tests/golden" / f"compute-{variant.name}.def", text)
 
 
 def test_render_is_deterministic() -> None:
     variant = PROJECT.matrix.get("3.5").variant()
-    a = render(Project(ROOT).context(variant, GOLDEN_COMMIT)).text()
-    b = render(Project(ROOT).context(variant, GOLDEN_COMMIT)).text()
+    a = render(render_context(Project(ROOT), variant, GOLDEN_COMMIT)).text()
+    b = render(render_context(Project(ROOT), variant, GOLDEN_COMMIT)).text()
     assert a == b
 
 
 def test_layers_add_up_to_the_whole() -> None:
     """The layered build runs the same steps as the stand-alone definition."""
-    ctx = PROJECT.context(PROJECT.matrix.get("3.0").variant(), GOLDEN_COMMIT)
+    ctx = render_context(PROJECT, PROJECT.matrix.get("3.0").variant(), GOLDEN_COMMIT)
     whole = render(ctx).section("post").lines
     parts = []
     for layer in ("os", "packages", "final"):
@@ -49,11 +49,11 @@ def test_layers_add_up_to_the_whole() -> None:
 def test_a_changed_run_script_changes_only_the_final_layer(scratch) -> None:
     before = Project(scratch)
     variant = before.matrix.get("3.5").variant()
-    texts = {layer: render(before.context(variant, GOLDEN_COMMIT), layer, "x").text()
+    texts = {layer: render(render_context(before, variant, GOLDEN_COMMIT), layer, "x").text()
              for layer in ("os", "packages", "final")}
     run = scratch / "defs/chrony/run.sh"
     run.write_text(run.read_text() + "# tweak\n")
     after = Project(scratch)
     for layer in ("os", "packages"):
-        assert render(after.context(variant, GOLDEN_COMMIT), layer, "x").text() == texts[layer]
-    assert render(after.context(variant, GOLDEN_COMMIT), "final", "x").text() != texts["final"]
+        assert render(render_context(after, variant, GOLDEN_COMMIT), layer, "x").text() == texts[layer]
+    assert render(render_context(after, variant, GOLDEN_COMMIT), "final", "x").text() != texts["final"]
