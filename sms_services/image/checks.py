@@ -13,6 +13,7 @@ from sms_services.inputs.fragment import FAMILIES, Fragment
 from sms_services.inputs.project import Project
 from sms_services.inputs.release import Variant
 from sms_services.probes import probe_name, probe_problems
+from sms_services.reference import schema_problems
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def check_fragment(frag: Fragment, project: Project) -> list[Finding]:
         for name in sorted(used - visible - TEMPLATE_GLOBALS):
             out.append(Finding(str(path), f"uses '{name}', which neither {frag.name} nor what it "
                                           "requires declares under 'site'"))
+    out += [Finding(line.split(": ", 1)[0], line.split(": ", 1)[1]) for line in schema_problems(frag)]
     out += check_probes(frag)
     return out
 
