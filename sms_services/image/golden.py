@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from sms_services.image.render import _script, files_of, packages_for, program_conf
+from sms_services.image.render import files_of, packages_for, program_conf, script_block
 from sms_services.inputs.project import Project
 from sms_services.inputs.site import load_site, render_site
 
@@ -55,7 +55,7 @@ def render_fragment(project: Project, name: str) -> str:
            "", "## %files"]
     out += [f"{src} {dst}" for src, dst in files_of(frag, project.root)]
     for step in ("bootstrap.sh", "pre-install.sh", "build.sh"):
-        lines = _script(frag, step, ctx)
+        lines = script_block(frag, step, ctx)
         if lines:
             out += ["", f"## %post {step}", *lines]
     if frag.mode != "none":

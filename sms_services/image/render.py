@@ -81,7 +81,8 @@ def files_of(frag: Fragment, root: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _script(frag: Fragment, name: str, ctx: RenderContext) -> list[str]:
+def script_block(frag: Fragment, name: str, ctx: RenderContext) -> list[str]:
+    """A fragment's build-step script as definition lines (golden.py records the same lines)."""
     body = frag.script(name)
     if body is None:
         return []
@@ -158,7 +159,7 @@ def _header(defn: Definition, ctx: RenderContext, layer: str, from_image: str | 
 def _os_steps(ctx: RenderContext) -> list[str]:
     lines: list[str] = []
     for frag in ctx.fragments:
-        lines += _script(frag, "bootstrap.sh", ctx)
+        lines += script_block(frag, "bootstrap.sh", ctx)
     return lines
 
 
@@ -166,7 +167,7 @@ def _package_steps(ctx: RenderContext) -> list[str]:
     v = ctx.variant
     lines: list[str] = []
     for frag in ctx.fragments:
-        lines += _script(frag, "pre-install.sh", ctx)
+        lines += script_block(frag, "pre-install.sh", ctx)
     wanted = sorted({p for f in ctx.fragments for p in packages_for(f, v)})
     lines.append("# --- packages of: " + " ".join(ctx.names))
     if v.family == "debian":
@@ -200,7 +201,7 @@ def _final_steps(ctx: RenderContext) -> list[str]:
     v = ctx.variant
     lines: list[str] = []
     for frag in ctx.fragments:
-        lines += _script(frag, "build.sh", ctx)
+        lines += script_block(frag, "build.sh", ctx)
     lines += ["# --- supervisor programs, in dependency order", f"mkdir -p {ETC}/supervisor.d"]
     depth = dependency_depth(ctx.fragments)
     for i, frag in enumerate(f for f in ctx.fragments if f.mode != "none"):
