@@ -125,6 +125,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "sms_services", "tools", "tests", "defs", "noxfile.py", external=True)
     session.run("smsctl", "check", external=True)
     session.run("smsctl", "pipelines", "--check", external=True)
+    session.run("smsctl", "schema", "--check", external=True)
 
 
 @nox.session

@@ -91,6 +91,7 @@ def files_of(frag: Fragment, root: Path) -> list[tuple[str, str]]:
 
 
 def script_lines(frag: Fragment, name: str, ctx: RenderContext) -> list[str]:
+    """A fragment's build-step script as definition lines (golden.py records the same lines)."""
     body = frag.script(name)
     if body is None:
         return []

@@ -61,3 +61,20 @@ def test_lint_reports_definition_mistakes(tmp_path: Path) -> None:
 def test_check_is_clean() -> None:
     p = smsctl("check")
     assert p.returncode == 0, p.stderr
+
+
+def test_site_vars_and_schema_check() -> None:
+    r = smsctl("site", "vars", "--release", "4.1", "--json")
+    assert r.returncode == 0, r.stderr
+    names = {v["name"] for v in json.loads(r.stdout)}
+    assert "slurmdbd_password" in names and "provision_ip" in names
+    r = smsctl("schema", "--check")
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_site_check_names_a_bad_site_in_one_line(tmp_path) -> None:
+    bad = tmp_path / "site.yaml"
+    bad.write_text("provision_ip: 198.18.0.2\nbogus_key: 1\n")
+    r = smsctl("site", "check", str(bad))
+    assert r.returncode != 0 and "bogus_key" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -1,75 +1,35 @@
-"""smsctl start, stop, cutover, backup, restore and rehearse: running SMS-services and upgrading it."""
+"""smsctl start, status, stop, reconcile and cutover: SMS-services running on this host, and its upgrade."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Callable
 from pathlib import Path
 
+from rich.table import Table
+
+from sms_services.cli.common import (
+    add_trust_args,
+    err_console,
+    out_console,
+    print_json,
+    project_of,
+    sif_of,
+    trust_of,
+    write_json,
+)
+from sms_services.errors import UserError
 from sms_services.runtime.deploy import DEFAULT_NODE_EXEC
-
-
-def cmd_backup(args: argparse.Namespace) -> int:
-    from sms_services.cli.main import out_console
-    from sms_services.runtime.backup import backup
-
-    b = backup(Path(args.overlay), Path(args.to), keep=args.keep)
-    if args.json:
-        print(json.dumps(b.__dict__, indent=2))
-    else:
-        out_console.print(f"backup {b.image}: {b.used_bytes / 2**20:.1f} of {b.overlay_bytes / 2**20:.0f} MiB in use, "
-                          f"{b.stored_bytes / 2**20:.1f} MiB on disk, writes held {b.frozen_s * 1000:.0f} ms, "
-                          f"sha256 {b.sha256[:16]}..., keeping the newest {args.keep}")
-    return 0
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
-    from sms_services.cli.main import out_console
-    from sms_services.runtime.backup import restore
-
-    b = restore(Path(args.backup), Path(args.overlay))
-    out_console.print(f"restored {args.overlay} from {b.image} (taken {b.created}, sha256 checked)")
-    return 0
-
-
-def cmd_rehearse(args: argparse.Namespace) -> int:
-    from sms_services.apptainer import Apptainer
-    from sms_services.cli.main import _project, _sif_of, _trust, err_console, out_console
-    from sms_services.lab.rehearse import rehearse
-
-    report = rehearse(_project(args), Apptainer.find(), _sif_of(args, args.to).resolve(), Path(args.overlay),
-                      old_sif=_sif_of(args, args.old).resolve(), trust=_trust(args, candidate=args.candidate),
-                      site_path=Path(args.site) if args.site else None,
-                      say=lambda s: err_console.print(f"[bold]rehearse[/bold] {s}"))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    cut = report.cutover
-    if cut:
-        out_console.print(f"cutover in the lab: service gap {cut['gap_s']} s, every probe green "
-                          f"{cut['green_s']} s after the start; jobs {len(report.jobs_before)} -> "
-                          f"{len(report.jobs_after)}, nodes {len(report.nodes_before)} -> {len(report.nodes_after)}")
-    if report.go:
-        out_console.print(f"GO: {Path(report.new_sif).name} can replace {Path(report.old_sif).name} "
-                          f"on {args.overlay} ({report.seconds} s)")
-        return 0
-    for reason in report.reasons:
-        err_console.print(f"no-go: {reason}", markup=False)
-    err_console.print(f"smsctl: NO-GO for {Path(report.new_sif).name} on {args.overlay}", markup=False)
-    return 1
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     from sms_services.apptainer import Apptainer
-    from sms_services.cli.main import _project, _sif_of, _trust, err_console, out_console
     from sms_services.runtime.deploy import start
     from sms_services.trust.signing import check
 
     apptainer = Apptainer.find()
-    sif = _sif_of(args, args.sif).resolve()
-    signer = check(apptainer, sif, _trust(args), warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
-    dep = start(_project(args), apptainer, sif, name=args.name, overlay=Path(args.overlay).resolve(),
+    sif = sif_of(args, args.sif).resolve()
+    signer = check(apptainer, sif, trust_of(args), warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
+    dep = start(project_of(args), apptainer, sif, name=args.name, overlay=Path(args.overlay).resolve(),
                 site=Path(args.site), provision_bridge=args.provision_bridge, public_bridge=args.public_bridge,
                 node_exec=args.node_exec, binds=args.bind or [], signer=str(signer) if signer else "UNSIGNED")
     dep.close()
@@ -80,20 +40,15 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from sms_services.apptainer import Apptainer
-    from sms_services.cli.main import _project, out_console
     from sms_services.runtime.deploy import stop
 
-    seconds = stop(_project(args), Apptainer.find(), args.name)
+    seconds = stop(project_of(args), Apptainer.find(), args.name)
     out_console.print(f"stopped {args.name} in {seconds} s")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from sms_services.apptainer import Apptainer
-    from sms_services.cli.main import out_console
-    from sms_services.errors import UserError
     from sms_services.runtime.deploy import Record, records
     from sms_services.runtime.instance import instance_pids
     from sms_services.runtime.overlay import usage
@@ -110,7 +65,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             space = "unreadable"
         rows.append({**rec.__dict__, "running": running, "overlay_use": space})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     table = Table(title="SMS-services instances on this host")
     for col in ("name", "state", "release", "image", "signed by", "since", "overlay", "earlier images"):
@@ -125,11 +80,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from sms_services.apptainer import Apptainer
-    from sms_services.cli.main import _project, out_console
     from sms_services.runtime.deploy import Deployment, Record
     from sms_services.runtime.reconcile import reconcile
 
-    with Deployment(_project(args), Apptainer.find(), Record.load(args.name)) as dep:
+    with Deployment(project_of(args), Apptainer.find(), Record.load(args.name)) as dep:
         found = reconcile(dep, dry_run=args.dry_run)
     verb = "would cancel" if args.dry_run else "cancelled"
     out_console.print(f"{len(found.running)} running job(s) confirmed by their node; {verb} "
@@ -142,28 +96,25 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_cutover(args: argparse.Namespace) -> int:
     from sms_services.apptainer import Apptainer
-    from sms_services.cli.main import _project, _sif_of, _trust, err_console, out_console
-    from sms_services.errors import UserError
     from sms_services.probes.report import print_table
     from sms_services.runtime.cutover import cutover
     from sms_services.runtime.deploy import Deployment, Record
 
-    project, apptainer = _project(args), Apptainer.find()
+    project, apptainer = project_of(args), Apptainer.find()
     record = Record.load(args.name)
-    new_sif = _sif_of(args, args.to).resolve()
+    new_sif = sif_of(args, args.to).resolve()
     with Deployment(project, apptainer, record, jobs=args.jobs) as dep:
         if not dep.running():
             raise UserError(f"instance {args.name} is not running; a cutover replaces a running instance "
                             f"(smsctl start starts one)")
         say = lambda s: err_console.print(f"[bold]cutover[/bold] {s}")  # noqa: E731
-        report = cutover(dep, project, new_sif, trust=_trust(args), deadline=args.deadline,
+        report = cutover(dep, project, new_sif, trust=trust_of(args), deadline=args.deadline,
                          node_slurmd=dep.slurmd_versions(), say=say)
         if report.ok:
             record.signer = report.signer
             record.save()
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        write_json(args.json, report.to_dict())
     print_table(report.results, f"cutover of {args.name} to {new_sif.name}", out_console)
     gap = "the controller never answered again" if report.gap_s is None else f"service gap {report.gap_s} s"
     if report.ok:
@@ -185,7 +136,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     return 1
 
 
-def add_parsers(sub, trust_args: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("start", help="start SMS-services on this host and record how (for smsctl cutover)")
     s.add_argument("sif", metavar="SIF", help="the release-signed image (a SIF or a release id)")
     s.add_argument("--name", default="sms-services", help="the instance name (default sms-services)")
@@ -198,7 +149,7 @@ def add_parsers(sub, trust_args: Callable[[argparse.ArgumentParser], None]) -> N
                         f"(default: {DEFAULT_NODE_EXEC!r})")
     s.add_argument("--bind", action="append", metavar="SRC[:DEST]", help="an extra bind (repeatable)")
     s.add_argument("--allow-unsigned", action="store_true", help="start an unsigned image (development only)")
-    trust_args(s)
+    add_trust_args(s)
     s.set_defaults(func=cmd_start)
 
     s = sub.add_parser("status", help="the recorded SMS-services instances: image, signer, running, overlay")
@@ -223,29 +174,5 @@ def add_parsers(sub, trust_args: Callable[[argparse.ArgumentParser], None]) -> N
     s.add_argument("--jobs", action="store_true",
                    help="also run the test-job probes (srun, sbatch, mail, accounting): needs idle nodes")
     s.add_argument("--json", metavar="FILE", help="write the report as JSON")
-    trust_args(s)
+    add_trust_args(s)
     s.set_defaults(func=cmd_cutover)
-
-    s = sub.add_parser("backup", help="copy a live overlay consistently (writes held for milliseconds)")
-    s.add_argument("--overlay", required=True, help="the SMS-services overlay (running or not)")
-    s.add_argument("--to", required=True, metavar="DIR", help="backup folder")
-    s.add_argument("--keep", type=int, default=7, help="backups of this overlay to keep (default 7)")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_backup)
-
-    s = sub.add_parser("restore", help="put a backup in place of an overlay (checksum checked first)")
-    s.add_argument("backup", help="a .img written by smsctl backup")
-    s.add_argument("--overlay", required=True, help="where to put it (no instance may be using it)")
-    s.set_defaults(func=cmd_restore)
-
-    s = sub.add_parser("rehearse", help="go/no-go for a cutover, on a copy of the live overlay in a lab")
-    s.add_argument("--to", required=True, metavar="NEW", help="the new image (a SIF or a release id)")
-    s.add_argument("--from", dest="old", required=True, metavar="OLD",
-                   help="the image running on the overlay now (a SIF or a release id)")
-    s.add_argument("--overlay", required=True, metavar="LIVE", help="the live overlay (only copied, never changed)")
-    s.add_argument("--site", help="the site file the live cluster uses (default: the lab's)")
-    s.add_argument("--json", metavar="FILE", help="write the report as JSON")
-    s.add_argument("--candidate", action="store_true",
-                   help="also trust this host's build key (a candidate not yet release-signed)")
-    trust_args(s)
-    s.set_defaults(func=cmd_rehearse)
