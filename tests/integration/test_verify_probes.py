@@ -88,9 +88,15 @@ def test_supervisor_restarts_a_killed_daemon(lab: Lab, program: str) -> None:
     while not _pid(lab, program) and time.monotonic() < deadline:
         time.sleep(0.3)
     # A controller killed while the probes' last jobs still end leaves a ghost job holding a
-    # node after its restart; wait for an empty queue so the restart is all this test sees.
-    while lab.on_sms(["squeue", "-h"])[1].strip() and time.monotonic() < deadline:
+    # node after its restart (CI: "not idle: c2=allocated"). An empty queue is not enough: the
+    # state file lags it by up to SAVE_MAX_WAIT (5 s, slurmctld/state_save.c), so wait for idle
+    # nodes and then one save interval more, so the restart is all this test sees.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+            lab.on_sms(["squeue", "-h"])[1].strip()
+            or set(lab.on_sms(["sinfo", "-h", "-N", "-o", "%T"])[1].split()) - {"idle"}):
         time.sleep(0.5)
+    time.sleep(6)
     before = _pid(lab, program)
     assert before, f"{program} not running: {lab.on_sms([*CTL, 'status'])[1]}"
     assert lab.on_sms(["kill", "-KILL", str(before)])[0] == 0
@@ -99,7 +105,7 @@ def test_supervisor_restarts_a_killed_daemon(lab: Lab, program: str) -> None:
         time.sleep(0.3)
     after = _pid(lab, program)
     assert after not in (0, before), f"supervisord did not restart {program} after SIGKILL"
-    healed = probe_services(lab, only={program}, ready_timeout=30)
+    healed = probe_services(lab, only={program}, ready_timeout=60)
     assert healed.ok, [(r.probe, r.detail) for r in healed.results if not r.ok]
 
 
