@@ -21,6 +21,7 @@ import jsonschema
 from sms_services.inputs.fragment import MODES, NETWORKS, PROTOCOLS, Fragment
 from sms_services.inputs.project import Project
 from sms_services.inputs.site import declared
+from sms_services.inputs.sitetypes import TYPE_SPECS, TYPES
 from sms_services.inputs.yamlfile import load_mapping
 from sms_services.probes import KINDS, NEEDS
 
@@ -50,10 +51,14 @@ FRAGMENT_KEYS: dict[str, tuple[dict[str, Any], str]] = {
         "type": "object", "additionalProperties": False, "required": ["mode"],
         "properties": {"owner": _STR, "mode": {"type": "string", "pattern": "^0[0-7]{3}$"}}}},
                    "owner (an account of the image) and mode (quoted octal) of a site file in the overlay"),
-    "site": ({"type": "object", "additionalProperties": {
-        "type": "object", "required": ["doc"],
-        "properties": {"default": {}, "doc": _STR, "secret": {"type": "boolean"}}}},
-             "site variables: default (null: the site must set it), doc, secret (kept out of site.env)"),
+    "site": ({"type": "object", "propertyNames": {"pattern": "^[a-z][a-z0-9_]*$"}, "additionalProperties": {
+        "type": "object", "additionalProperties": False, "required": ["doc", "type"],
+        "properties": {"default": {}, "doc": _STR, "secret": {"type": "boolean"},
+                       "type": {"enum": TYPE_SPECS}, "min": {"type": "integer"}, "max": {"type": "integer"},
+                       "choices": {**_STRS, "minItems": 1}, "empty": {"type": "boolean"}}}},
+             "site variables: type (see Site variable types; `list of T` for a list), default (null: the "
+             "site must set it), doc, secret (kept out of site.env), min/max (integer), choices (choice), "
+             "empty (true: \"\" is accepted too, turning the feature off)"),
     "templates": ({"type": "object", "additionalProperties": {"type": "string", "pattern": "^/"}},
                   "templates/<file>.j2 -> the overlay path it is rendered to from the site"),
     "probes": ({"type": "array", "items": {"$ref": "#/$defs/probe"}},
@@ -95,7 +100,8 @@ def fragment_schema() -> dict[str, Any]:
 def site_schema(project: Project) -> dict[str, Any]:
     """site.yaml: every site variable any fragment declares."""
     decl = declared(list(project.fragments.values()))
-    props = {name: {"description": f"{var.doc} (fragment {owner})"
+    props = {name: {**var.type.json_schema(),
+                    "description": f"{var.doc} ({var.type.spec}; fragment {owner})"
                     + ("" if var.default is None else f"; default {var.default!r}")}
              for name, (var, owner) in sorted(decl.items())}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -118,8 +124,8 @@ def schema_problems(frag: Fragment) -> list[str]:
 def site_vars(project: Project, release: str | None = None) -> list[dict[str, Any]]:
     """The site variables (of a release, or of every fragment), for `smsctl site vars`."""
     frags = (list(project.sms_fragments(release)) if release else list(project.fragments.values()))
-    return [{"name": name, "fragment": owner, "default": var.default, "required": var.default is None,
-             "secret": var.secret, "doc": var.doc}
+    return [{"name": name, "fragment": owner, "type": var.type.spec, "default": var.default,
+             "required": var.default is None, "secret": var.secret, "doc": var.doc}
             for name, (var, owner) in sorted(declared(frags).items())]
 
 
@@ -141,11 +147,16 @@ def reference_page(project: Project) -> str:
         users = ", ".join(sorted({f.name for f in project.fragments.values()
                                   for p in f.probes if p.kind == k.name})) or "-"
         out.append(f"| `{k.name}` | {k.doc} | {params} | {', '.join(sorted(k.needs)) or '-'} | {users} |")
-    out += ["", "## Site variables", "", "| variable | fragment | default | what |", "|---|---|---|---|"]
+    out += ["", "## Site variable types", "",
+            "Every site variable declares one; a site value is checked against it when the site is",
+            "loaded, so no value can add a line or a token to a rendered config. `list of T` is a",
+            "YAML list of T; `empty: true` also accepts `\"\"`.", "", "| type | accepts |", "|---|---|"]
+    out += [f"| `{name}` | {doc} |" for name, doc in TYPES.items()]
+    out += ["", "## Site variables", "", "| variable | fragment | type | default | what |", "|---|---|---|---|---|"]
     for v in site_vars(project):
         default = "(required)" if v["required"] else f"`{v['default']!r}`"
-        out.append(f"| `{v['name']}` | {v['fragment']} | {default}{' secret' if v['secret'] else ''} "
-                   f"| {v['doc']} |")
+        out.append(f"| `{v['name']}` | {v['fragment']} | `{v['type']}` | {default}"
+                   f"{' secret' if v['secret'] else ''} | {v['doc']} |")
     return "\n".join(out) + "\n"
 
 

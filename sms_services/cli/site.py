@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from sms_services.cli.common import err_console, out_console, print_json, project_of
@@ -20,11 +21,12 @@ def cmd_site_vars(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     table = Table(title=f"site variables{' of release ' + args.release if args.release else ''}")
-    for col in ("variable", "fragment", "default", "what"):
+    for col in ("variable", "fragment", "type", "default", "what"):
         table.add_column(col, overflow="fold")
     for v in rows:
         default = "(required)" if v["required"] else repr(v["default"])
-        table.add_row(v["name"], v["fragment"], default + (" secret" if v["secret"] else ""), v["doc"])
+        cells = (v["name"], v["fragment"], v["type"], default + (" secret" if v["secret"] else ""), v["doc"])
+        table.add_row(*map(escape, cells))  # "[host]:port" in a doc is text, not rich markup
     out_console.print(table)
     return 0
 

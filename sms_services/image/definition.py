@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from sms_services.errors import UserError
+
 # Bootstrap agents Apptainer 1.x knows (apptainer/internal/pkg/build/sources).
 AGENTS = frozenset({
     "library", "docker", "docker-archive", "docker-daemon", "oci", "oci-archive",
@@ -57,6 +59,7 @@ class Definition:
         return s
 
     def text(self) -> str:
+        _no_injection(self)
         out = [f"# {c}" if c else "#" for c in self.comments]
         out += [f"{k}: {v}" for k, v in self.header.items()]
         text = "\n".join(out) + "\n"
@@ -64,6 +67,40 @@ class Definition:
             if s.lines or s.name in ("files",):
                 text += "\n" + s.render()
         return text
+
+
+# Python's line breaks (a superset of what Apptainer's parser splits on) and a section start.
+_BREAK = re.compile(r"[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+_STARTS_SECTION = re.compile(r"^\s*%[A-Za-z]")
+
+
+def _no_injection(defn: Definition) -> None:
+    """Refuse a definition in which a value could have added a line or a section.
+
+    The inputs are validated where they are read (releases.yaml, fragment.yaml); this is
+    the second wall: every interpolated value sits inside one line of the text, so a line
+    break in any of them, or a body line that Apptainer would read as a section header
+    (``%setup`` runs as root on the build host), means an input slipped through.
+    """
+    def refuse(where: str, value: str, why: str) -> UserError:
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        return UserError(f"definition {where}: {why} in {shown}; an input carries it (fix releases.yaml "
+                         "or the fragment)")
+
+    for c in defn.comments:
+        if _BREAK.search(c):
+            raise refuse("comment", c, "a line break")
+    for k, v in defn.header.items():
+        if _BREAK.search(k) or _BREAK.search(v) or not _HEADER.match(f"{k}: {v}"):
+            raise refuse(f"header {k!r}", v, "a line break or a malformed key")
+    for s in defn.sections:
+        if _BREAK.search(s.arg) or not re.fullmatch(r"[a-z]+", s.name):
+            raise refuse(f"section %{s.name!r}", s.arg, "a line break")
+        for line in s.lines:
+            if _BREAK.search(line):
+                raise refuse(f"section %{s.name}", line, "a line break")
+            if _STARTS_SECTION.match(line):
+                raise refuse(f"section %{s.name}", line, "a line that starts a new section")
 
 
 _HEADER = re.compile(r"^([A-Za-z][A-Za-z0-9]*):\s*(.*?)\s*$")

@@ -60,7 +60,7 @@ def render_fragment(project: Project, name: str) -> str:
            f"state: {' '.join(frag.state) or '-'}", f"secrets: {' '.join(frag.secrets) or '-'}",
            f"requires: {' '.join(frag.requires) or '-'}", f"binaries: {' '.join(frag.binaries) or '-'}"]
     out += [f"file mode: {fm.path} {fm.owner} {fm.mode:04o}" for fm in frag.file_modes]
-    out += [f"site variable: {v.name} = {v.default!r}{' (secret)' if v.secret else ''}: {v.doc}"
+    out += [f"site variable: {v.name} ({v.type.spec}) = {v.default!r}{' (secret)' if v.secret else ''}: {v.doc}"
             for v in frag.site]
     out += [f"probe: {probe_name(p)}" + (f" (needs {', '.join(sorted(KINDS[p.kind].needs))})"
                                          if p.kind in KINDS and KINDS[p.kind].needs else "")

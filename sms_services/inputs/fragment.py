@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sms_services.errors import UserError
-from sms_services.inputs.yamlfile import Fields, load_mapping
+from sms_services.inputs.sitetypes import SiteType, parse_type, shown
+from sms_services.inputs.yamlfile import Fields, load_mapping, one_line
 
 FAMILIES = ("debian", "el")
 NETWORKS = ("provision", "public", "loopback")
@@ -25,6 +26,10 @@ MODES = ("daemon", "oneshot", "none")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 CAP_RE = re.compile(r"^CAP_[A-Z_]+$")
 ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# What may reach a definition or an overlay path unquoted: no space, quote, '$' or newline.
+PATH_PART_RE = re.compile(r"[A-Za-z0-9_@+,=:.-]+")
+PACKAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_:~-]*")
+BINARY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
 
 # Files that never enter the image and so never change its content hash.
 _NOT_IMAGE = re.compile(r"(^|/)(test_[^/]*\.py|__pycache__|.*\.pyc|conftest\.py|golden\.txt)(/|$)")
@@ -44,6 +49,7 @@ class SiteVar:
     default: object
     doc: str
     secret: bool = False  # never exported to the run scripts' environment
+    type: SiteType = SiteType("word")  # every fragment declares one; checked at site load
 
 
 @dataclass(frozen=True)
@@ -121,18 +127,66 @@ def content_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+def safe_path(path: str) -> bool:
+    """An absolute path without '..', '.', '//' or any character a shell or config would read."""
+    parts = path.split("/")
+    return (len(parts) > 1 and parts[0] == "" and
+            all(p not in (".", "..") and PATH_PART_RE.fullmatch(p) for p in parts[1:]))
+
+
+SAFE_PATH = "an absolute path without '..' of letters, digits and _@+,=:.-"
+
+
 def _abs_paths(f: Fields, key: str) -> tuple[str, ...]:
     paths = f.list_of_str(key)
     for i, p in enumerate(paths):
-        if not p.startswith("/"):
-            raise f.fail(f"{key}[{i}]", f"must be an absolute path, found {p!r}")
+        if not safe_path(p):
+            raise f.fail(f"{key}[{i}]", f"must be {SAFE_PATH}, found {shown(p)}")
     return tuple(paths)
+
+
+def _names(f: Fields, key: str, pattern: re.Pattern[str], what: str) -> list[str]:
+    names = f.list_of_str(key)
+    for i, n in enumerate(names):
+        if not pattern.fullmatch(n):
+            raise f.fail(f"{key}[{i}]", f"must be {what}, found {shown(n)}")
+    return names
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _confined(folder: Path) -> None:
+    """No link in a fragment may lead out of it: whatever it names would go into the image
+    (files/), into the overlay (templates/) or into the definition (scripts)."""
+    for p in sorted(folder.rglob("*")):
+        if p.is_symlink() and not _inside(p, folder):
+            raise UserError(f"{one_line(str(p))}: a link out of fragment {folder.name} "
+                            f"(to {one_line(str(p.resolve()))}); "
+                            "copy the file into the fragment instead")
+
+
+def _template(tf: Fields, folder: Path, src: str) -> str:
+    """A template's source stays in templates/ and its target is a plain absolute path."""
+    parts = src.split("/")
+    if src.startswith("/") or any(p in ("", ".", "..") or not PATH_PART_RE.fullmatch(p) for p in parts):
+        raise tf.fail(src, "must name a file under templates/ (a relative path without '..')")
+    path = folder / "templates" / src
+    if not _inside(path, folder / "templates"):
+        raise tf.fail(src, f"names templates/{src}, which leads out of {folder}/templates")
+    if not path.is_file():
+        raise tf.fail(src, f"names templates/{src}, which does not exist in {folder}")
+    target = tf.str(src, required=True)
+    if not safe_path(target):
+        raise tf.fail(src, f"target must be {SAFE_PATH}, found {shown(target)}")
+    return target
 
 
 def load_fragment(folder: Path) -> Fragment:
     name = folder.name
     meta_path = folder / "fragment.yaml"
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise UserError(f"{folder}: fragment folder names are lower-case words with dashes")
     f = Fields(load_mapping(meta_path), meta_path)
     f.unknown({
@@ -146,11 +200,11 @@ def load_fragment(folder: Path) -> Fragment:
     # Keys are families (debian, el) or base names (bookworm, EL_9) for a base
     # that differs; base names are checked against releases.yaml in checks.py.
     pk = f.mapping("packages")
-    packages = {key: tuple(pk.list_of_str(key)) for key in sorted(pk.data)}
+    packages = {key: tuple(_names(pk, key, PACKAGE_RE, "a package name")) for key in sorted(pk.data)}
 
     caps = tuple(f.list_of_str("capabilities"))
     for i, c in enumerate(caps):
-        if not CAP_RE.match(c):
+        if not CAP_RE.fullmatch(c):
             raise f.fail(f"capabilities[{i}]", f"must be a capability name like CAP_NET_ADMIN, found {c!r}")
 
     ports = []
@@ -171,18 +225,21 @@ def load_fragment(folder: Path) -> Fragment:
     sf = f.mapping("site")
     for var in sorted(sf.data):
         vf = sf.mapping(var)
-        vf.unknown({"default", "doc", "secret"})
-        site.append(SiteVar(var, vf.data.get("default"), vf.str("doc", required=True), vf.bool("secret")))
+        vf.unknown({"default", "doc", "secret", "type", "min", "max", "choices", "empty"})
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(var)):
+            raise sf.fail(str(var), "must be a lower-case name with '_' (it becomes SMS_<NAME> in site.env)")
+        try:
+            vtype = parse_type(vf.data.get("type"), vf.data)
+        except ValueError as err:
+            raise vf.fail("type", str(err)) from None
+        default, secret = vf.data.get("default"), vf.bool("secret")
+        if default is not None and vtype.problem(default) is not None:
+            raise vf.fail("default", f"must be {vtype.expected()}, found {shown(default, secret)}")
+        site.append(SiteVar(var, default, vf.str("doc", required=True), secret, vtype))
 
+    _confined(folder)
     tf = f.mapping("templates")
-    templates: dict[str, str] = {}
-    for src in sorted(tf.data):
-        target = tf.str(src, required=True)
-        if not (folder / "templates" / src).is_file():
-            raise tf.fail(src, f"names templates/{src}, which does not exist in {folder}")
-        if not target.startswith("/"):
-            raise tf.fail(src, f"target must be an absolute path, found {target!r}")
-        templates[src] = target
+    templates = {src: _template(tf, folder, str(src)) for src in sorted(tf.data)}
 
     probes = []
     for pf in f.list_of_mappings("probes"):
@@ -194,10 +251,10 @@ def load_fragment(folder: Path) -> Fragment:
     for path in sorted(ff.data):
         mf = ff.mapping(path)
         mf.unknown({"owner", "mode"})
-        if not path.startswith("/") or ".." in path.split("/"):
-            raise ff.fail(path, "must be an absolute path without '..'")
+        if not safe_path(path):
+            raise ff.fail(path, f"must be {SAFE_PATH}")
         owner = mf.str("owner", "root")
-        if not ACCOUNT_RE.match(owner):
+        if not ACCOUNT_RE.fullmatch(owner):
             raise mf.fail("owner", f"must be an account name, found {owner!r}")
         mode_text = mf.str("mode", required=True)
         if not re.fullmatch(r"0[0-7]{3}", mode_text):
@@ -209,7 +266,7 @@ def load_fragment(folder: Path) -> Fragment:
     for bf in f.list_of_mappings("breaks"):
         bf.unknown({"name", "doc", "break", "repair", "fails", "detail"})
         bname = bf.str("name", required=True)
-        if not NAME_RE.match(bname) or bname in names:
+        if not NAME_RE.fullmatch(bname) or bname in names:
             raise bf.fail("name", f"must be a unique lower-case word with dashes, found {bname!r}")
         names.add(bname)
         fails = tuple(bf.list_of_str("fails"))
@@ -240,7 +297,7 @@ def load_fragment(folder: Path) -> Fragment:
         probes=tuple(probes),
         file_modes=tuple(file_modes),
         breaks=tuple(breaks),
-        binaries=tuple(f.list_of_str("binaries")),
+        binaries=tuple(_names(f, "binaries", BINARY_RE, "a command name")),
         digest=content_digest(folder),
     )
 

@@ -14,11 +14,27 @@ from pathlib import Path
 
 from sms_services import slurm
 from sms_services.errors import UserError
-from sms_services.inputs.fragment import FAMILIES
-from sms_services.inputs.yamlfile import Fields, load_mapping
+from sms_services.inputs.fragment import FAMILIES, NAME_RE
+from sms_services.inputs.sitetypes import shown
+from sms_services.inputs.yamlfile import Fields, load_mapping, one_line
 
 OHPC_REPO = "http://repos.openhpc.community/OpenHPC"
-WAREWULF_RE = re.compile(r"^(3|4\.[0-9]+)$")
+# Every field below reaches the definition (headers, %post, labels) or a URL: each is held to
+# a narrow form, so a release entry can never add a line or a section (a %setup runs on the host).
+WAREWULF_RE = re.compile(r"(3|4\.[0-9]+)")
+SLURM_RE = re.compile(r"[0-9]{2}\.[0-9]{2}")
+RELEASE_RE = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
+BASE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
+SUITE_RE = re.compile(r"[a-z][a-z0-9.-]{0,31}")
+OSVERSION_RE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3})?")
+URL_RE = re.compile(r"(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|file://)(/[A-Za-z0-9._~%+,=@:-]*)*")
+
+
+def _matching(f: Fields, key: str, pattern: re.Pattern[str], what: str) -> str:
+    value = f.str(key, required=True)
+    if not pattern.fullmatch(value):
+        raise f.fail(key, f"must be {what}, found {shown(value)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -136,16 +152,25 @@ def _base(name: str, f: Fields) -> Base:
     f.unknown({"family", "suite", "mirror", "osversion", "slurm"})
     family = f.str("family", required=True)
     if family not in FAMILIES:
-        raise f.fail("family", f"must be one of {', '.join(FAMILIES)}, found {family!r}")
+        raise f.fail("family", f"must be one of {', '.join(FAMILIES)}, found {shown(family)}")
+    mirror = _matching(f, "mirror", URL_RE, "an http://, https:// or file:// URL of letters, digits and ._~%+,=@:-")
     if family == "debian":
-        suite = f.str("suite", required=True)
-        major = f.str("slurm", required=True)
+        suite = _matching(f, "suite", SUITE_RE, "a Debian suite name like trixie")
+        major = _matching(f, "slurm", SLURM_RE, "a Slurm major like 24.11")
         try:
             slurm.index(major)
         except ValueError as err:
-            raise f.fail("slurm", str(err)) from None
-        return Base(name, family, f.str("mirror", required=True), suite=suite, slurm=major)
-    return Base(name, family, f.str("mirror", required=True), osversion=f.str("osversion", required=True))
+            raise f.fail("slurm", one_line(str(err))) from None
+        return Base(name, family, mirror, suite=suite, slurm=major)
+    return Base(name, family, mirror, osversion=_matching(f, "osversion", OSVERSION_RE, "an EL version like 9"))
+
+
+def _fragment_names(f: Fields, key: str) -> list[str]:
+    names = f.list_of_str(key)
+    for i, n in enumerate(names):
+        if not NAME_RE.fullmatch(n):
+            raise f.fail(f"{key}[{i}]", f"must be a fragment name (lower-case word with dashes), found {shown(n)}")
+    return names
 
 
 def load_matrix(path: Path) -> Matrix:
@@ -157,35 +182,37 @@ def load_matrix(path: Path) -> Matrix:
     bases = {}
     bf = top.mapping("bases", required=True)
     for name in bf.data:
-        bases[name] = _base(name, bf.mapping(name))
+        if not BASE_RE.fullmatch(str(name)):
+            raise bf.fail(str(name), "must be a base name like trixie or EL_9 (letters, digits, _.-)")
+        bases[str(name)] = _base(str(name), bf.mapping(name))
 
     defaults = top.mapping("defaults")
     defaults.unknown({"fragments", "compute"})
-    default_frags = defaults.list_of_str("fragments")
-    compute_frags = tuple(defaults.list_of_str("compute"))
+    default_frags = _fragment_names(defaults, "fragments")
+    compute_frags = tuple(_fragment_names(defaults, "compute"))
 
     releases: dict[str, Release] = {}
     rf = top.mapping("releases", required=True)
     for rid in rf.data:
-        r = rf.mapping(str(rid))
-        r.unknown({"slurm", "warewulf", "el", "debian", "fragments", "with", "without"})
-        if not re.match(r"^\d+\.\d+(\.\d+)?$", str(rid)):
+        if not isinstance(rid, str) or not RELEASE_RE.fullmatch(rid):  # unquoted, 3.10 would be 3.1
             raise rf.fail(str(rid), "is not an OpenHPC release id like 3.5 (quote it in YAML)")
-        major = r.str("slurm", required=True)
+        r = rf.mapping(rid)
+        r.unknown({"slurm", "warewulf", "el", "debian", "fragments", "with", "without"})
+        major = _matching(r, "slurm", SLURM_RE, "a Slurm major like 24.11")
         try:
             slurm.index(major)
         except ValueError as err:
-            raise r.fail("slurm", str(err)) from None
+            raise r.fail("slurm", one_line(str(err))) from None
         ww = r.str("warewulf", required=True)
-        if not WAREWULF_RE.match(ww):
-            raise r.fail("warewulf", f"must be 3 or 4.<minor> (e.g. 4.6), found {ww!r}")
+        if not WAREWULF_RE.fullmatch(ww):
+            raise r.fail("warewulf", f"must be 3 or 4.<minor> (e.g. 4.6), found {shown(ww)}")
 
         def pick(key: str, family: str, r: Fields = r) -> Base | None:
             name = r.str(key)
             if name is None:
                 return None
             if name not in bases:
-                raise r.fail(key, f"names base '{name}', not defined under 'bases'")
+                raise r.fail(key, f"names base {shown(name)}, not defined under 'bases'")
             if bases[name].family != family:
                 raise r.fail(key, f"names base '{name}', which is {bases[name].family}, not {family}")
             return bases[name]
@@ -199,11 +226,11 @@ def load_matrix(path: Path) -> Matrix:
                 f"names {deb.name} whose Slurm {deb.slurm} cannot serve Slurm {major} compute nodes "
                 f"(it serves {', '.join(slurm.served_majors(deb.slurm))}); pick another suite or drop it",
             )
-        frags = r.list_of_str("fragments") or list(default_frags)
-        for extra in r.list_of_str("with"):
+        frags = _fragment_names(r, "fragments") or list(default_frags)
+        for extra in _fragment_names(r, "with"):
             if extra not in frags:
                 frags.append(extra)
-        for gone in r.list_of_str("without"):
+        for gone in _fragment_names(r, "without"):
             if gone not in frags:
                 raise r.fail("without", f"names '{gone}', which the release does not have")
             frags.remove(gone)
@@ -213,5 +240,5 @@ def load_matrix(path: Path) -> Matrix:
 
     default = top.str("default", required=True)
     if default not in releases:
-        raise top.fail("default", f"names release '{default}', which is not under 'releases'")
+        raise top.fail("default", f"names release {shown(default)}, which is not under 'releases'")
     return Matrix(path, default, releases, bases, tuple(default_frags))

@@ -19,7 +19,8 @@ import jinja2
 
 from sms_services.errors import UserError
 from sms_services.inputs.fragment import Fragment, SiteVar
-from sms_services.inputs.yamlfile import load_mapping
+from sms_services.inputs.sitetypes import shown
+from sms_services.inputs.yamlfile import load_mapping, one_line
 
 SITE_ENV = "/etc/sms-services/site.env"
 
@@ -42,49 +43,67 @@ def declared(fragments: tuple[Fragment, ...] | list[Fragment]) -> dict[str, tupl
 def load_site(path: Path, fragments: tuple[Fragment, ...] | list[Fragment],
               every: list[Fragment] | None = None) -> Site:
     """Values for ``fragments``; keys of other fragments in ``every`` are allowed and
-    ignored, so one site file serves releases with and without e.g. slurmdbd."""
+    ignored, so one site file serves releases with and without e.g. slurmdbd.
+
+    Every value is held to its declared type here, so nothing a site sets can add a
+    line (or a token) to a rendered config; a bad value is one line naming the field.
+    """
     raw = load_mapping(path)
     decl = declared(fragments)
-    unknown = sorted(set(raw) - set(decl) - set(declared(every or [])))
+    unknown = sorted(set(map(str, raw)) - set(decl) - set(declared(every or [])))
     if unknown:
-        raise UserError(f"{path}: field '{unknown[0]}' is not a site variable of any fragment "
+        raise UserError(f"{path}: field '{one_line(unknown[0])}' is not a site variable of any fragment "
                         f"(known here: {', '.join(sorted(decl))})")
     values: dict[str, Any] = {}
     for name, (var, owner) in sorted(decl.items()):
         value = raw.get(name, var.default)
         if value is None:
             raise UserError(f"{path}: field '{name}' is missing; set it ({var.doc}; declared by fragment {owner})")
+        bad = var.type.problem(value)
+        if bad is not None:
+            where, expected = bad
+            raise UserError(f"{path}: field '{name}{one_line(where)}' must be {expected}, "
+                            f"found {shown(value if not where else _at(value, where), var.secret)}")
         values[name] = value
-    _validate(path, values)
+    _cross_check(path, values)
     return Site(path, values)
 
 
-def _validate(path: Path, values: dict[str, Any]) -> None:
-    """Catch the address mistakes that would otherwise surface as a dead service."""
-    for key in ("provision_ip", "public_ip"):
-        if key in values:
-            try:
-                ipaddress.ip_address(str(values[key]))
-            except ValueError:
-                raise UserError(f"{path}: field '{key}' must be an IP address, found {values[key]!r}") from None
-    for key in ("provision_network", "public_network"):
-        if key in values:
-            try:
-                ipaddress.ip_network(str(values[key]))
-            except ValueError:
-                raise UserError(f"{path}: field '{key}' must be a network like 198.18.0.0/24 "
-                                f"(host bits zero), found {values[key]!r}") from None
-    if "provision_ip" in values and "provision_network" in values:
-        if ipaddress.ip_address(str(values["provision_ip"])) not in ipaddress.ip_network(
-                str(values["provision_network"])):
-            raise UserError(f"{path}: field 'provision_ip' {values['provision_ip']} is outside "
-                            f"provision_network {values['provision_network']}")
-    nodes = values.get("nodes", [])
-    if not isinstance(nodes, list):
-        raise UserError(f"{path}: field 'nodes' must be a list of {{name, address}}")
-    for i, node in enumerate(nodes):
-        if not isinstance(node, dict) or "name" not in node or "address" not in node:
-            raise UserError(f"{path}: field 'nodes[{i}]' needs 'name' and 'address'")
+def _at(value: Any, where: str) -> Any:
+    """The part of ``value`` a problem points at (``[1].name``), for the message."""
+    for step in where.replace("]", "").replace("[", ".").split(".")[1:]:
+        value = value[int(step)] if isinstance(value, list) else value.get(step)
+    return value
+
+
+def _cross_check(path: Path, values: dict[str, Any]) -> None:
+    """What no single field shows: addresses on the wrong network, two nodes alike."""
+    nets = {k: ipaddress.ip_network(values[k]) for k in ("provision_network", "public_network") if k in values}
+    inside = [("provision_ip", "provision_network"), ("public_ip", "public_network"),
+              ("wwclient_server", "provision_network")]
+    inside += [(f"nodes[{i}].address", "provision_network") for i in range(len(values.get("nodes", [])))]
+    for field, net in inside:
+        value = _at(values, "." + field) if field.startswith("nodes") else values.get(field)
+        if value in (None, "") or net not in nets:
+            continue
+        if ipaddress.ip_address(value) not in nets[net]:
+            raise UserError(f"{path}: field '{field}' {value} is outside {net} {nets[net]}; "
+                            f"use an address of {nets[net]}")
+    seen: dict[str, str] = {}
+    if "provision_ip" in values:
+        seen[str(ipaddress.ip_address(values["provision_ip"]))] = "provision_ip"
+    names: dict[str, int] = {}
+    for i, node in enumerate(values.get("nodes", [])):
+        name = str(node["name"]).lower()
+        if name in names:
+            raise UserError(f"{path}: field 'nodes[{i}].name' {node['name']} is also nodes[{names[name]}]'s; "
+                            "every node needs a name of its own")
+        names[name] = i
+        addr = str(ipaddress.ip_address(node["address"]))
+        if addr in seen:
+            raise UserError(f"{path}: field 'nodes[{i}].address' {node['address']} is also {seen[addr]}'s; "
+                            "every node needs an address of its own")
+        seen[addr] = f"nodes[{i}]"
 
 
 def _env_value(value: Any) -> str:

@@ -33,6 +33,11 @@ def load_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
+def one_line(text: str) -> str:
+    """``text`` with every unprintable character escaped, so a message stays one line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 class Fields:
     """Typed access to one mapping, so every bad field names file and key path."""
 
@@ -42,7 +47,8 @@ class Fields:
         self.prefix = prefix
 
     def _name(self, key: str) -> str:
-        return f"{self.prefix}{key}"
+        # A key is input too: a newline in it must not split the message.
+        return one_line(f"{self.prefix}{key}")
 
     def fail(self, key: str, problem: str) -> UserError:
         return UserError(f"{self.path}: field '{self._name(key)}' {problem}")

@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def smsctl(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sms_services.cli.main", *args], capture_output=True,
-                          text=True, cwd=cwd, env={"PATH": "/usr/bin:/bin", "SMS_ROOT": str(cwd)})
+                          text=True, cwd=cwd,
+                          # This checkout's package, also when cwd is a scratch copy of the inputs.
+                          env={"PATH": "/usr/bin:/bin", "SMS_ROOT": str(cwd), "PYTHONPATH": str(ROOT)})
 
 
 def test_unknown_release_one_line() -> None:

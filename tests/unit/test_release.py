@@ -47,7 +47,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("schema: 1\ndefault: '1'\nreleases: [\n", "malformed YAML"),
     ("schema: 1\ndefault: '3.5'\nbases: {}\n", "field 'releases' is missing"),
     ("schema: 2\n", "field 'schema' must be 1"),
-    ("schema: 1\ndefault: '3.5'\nbases: {b: {family: debian, suite: x, mirror: m, slurm: '22.05'}}\n"
+    ("schema: 1\ndefault: '3.5'\nbases: {b: {family: debian, suite: x, mirror: 'http://m', slurm: '22.05'}}\n"
      "releases: {'3.5': {slurm: '24.11', warewulf: '4.6', debian: b}}\n", "cannot serve Slurm 24.11"),
     ("schema: 1\ndefault: '3.5'\nbases: {}\nreleases: {'3.5': {slurm: '24.11', warewulf: '4.6', el: X}}\n",
      "names base 'X'"),
