@@ -9,6 +9,7 @@ service is adding a folder.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +155,10 @@ def _names(f: Fields, key: str, pattern: re.Pattern[str], what: str) -> list[str
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    return path.resolve().is_relative_to(folder.resolve())
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a link loop leads nowhere we would read
+        return False
 
 
 def _confined(folder: Path) -> None:
@@ -163,7 +167,7 @@ def _confined(folder: Path) -> None:
     for p in sorted(folder.rglob("*")):
         if p.is_symlink() and not _inside(p, folder):
             raise UserError(f"{one_line(str(p))}: a link out of fragment {folder.name} "
-                            f"(to {one_line(str(p.resolve()))}); "
+                            f"(to {one_line(os.readlink(p))}); "
                             "copy the file into the fragment instead")
 
 
@@ -308,6 +312,9 @@ def load_fragments(defs: Path) -> dict[str, Fragment]:
         raise UserError(f"{defs}: fragment folder not found; run from the project root or set --defs")
     out = {}
     for folder in sorted(p for p in defs.iterdir() if p.is_dir() and (p / "fragment.yaml").exists()):
+        if not _inside(folder, defs):
+            raise UserError(f"{one_line(str(folder))}: a link out of {defs} (to {one_line(os.readlink(folder))}); "
+                            "a fragment lives in its folder under defs/")
         out[folder.name] = load_fragment(folder)
     return out
 

@@ -158,3 +158,19 @@ def test_the_guard_holds_against_a_value_that_slipped_past_validation(project: P
     ctx = render_context(project, dataclasses.replace(variant, base=base), commit="test")
     with pytest.raises(UserError, match="header 'MirrorURL'"):
         render(ctx).text()
+
+
+def test_a_fragment_folder_linked_out_of_defs_is_refused(scratch: Path,
+                                                         tmp_path_factory: pytest.TempPathFactory) -> None:
+    import shutil
+
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "cron"
+    shutil.move(scratch / "defs/cron", elsewhere)
+    (scratch / "defs/cron").symlink_to(elsewhere)
+    refused(scratch, "defs/cron: a link out of")
+
+
+def test_a_link_loop_in_a_fragment_is_refused(scratch: Path) -> None:
+    loop = scratch / "defs/cron/files/etc/loop"
+    loop.symlink_to("loop")
+    refused(scratch, "loop: a link out of fragment cron")
