@@ -70,10 +70,15 @@ def load_site(path: Path, fragments: tuple[Fragment, ...] | list[Fragment],
 
 
 def _at(value: Any, where: str) -> Any:
-    """The part of ``value`` a problem points at (``[1].name``), for the message."""
-    for step in where.replace("]", "").replace("[", ".").split(".")[1:]:
-        value = value[int(step)] if isinstance(value, list) else value.get(step)
-    return value
+    """The part of ``value`` a problem points at (``[1].name``), for the message; the whole
+    value when the path does not lead anywhere (a key holding '.' or '[')."""
+    part = value
+    try:
+        for step in where.replace("]", "").replace("[", ".").split(".")[1:]:
+            part = part[int(step)] if isinstance(part, list) else part[step]
+    except (LookupError, ValueError, TypeError):
+        return value
+    return part
 
 
 def _cross_check(path: Path, values: dict[str, Any]) -> None:

@@ -198,3 +198,13 @@ def test_site_check_refuses_an_injected_line(tmp_path: Path) -> None:
                        capture_output=True, text=True, cwd=ROOT,
                        env={"PATH": "/usr/bin:/bin", "SMS_ROOT": str(ROOT), "PYTHONPATH": str(ROOT)})
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "field 'mail_relay'" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("node", [{"name": "c1", "address": "198.18.0.11", "a.b": 1},
+                                  {"name": "c1", "address": "198.18.0.11", "x[1": 1},
+                                  {"name": "c1", "address": "198.18.0.11", 7: "x"},
+                                  {"name": "c1", "address": "198.18.0.11", "k\nSlurmUser=root": 1}])
+def test_a_strange_node_key_is_one_line(project: Project, tmp_path: Path, node: dict) -> None:
+    with pytest.raises(UserError) as e:
+        _load(project, _site(tmp_path, nodes=[node]))
+    assert "\n" not in str(e.value) and "field 'nodes[0]." in str(e.value) and "must be absent" in str(e.value)

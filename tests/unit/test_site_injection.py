@@ -87,9 +87,12 @@ def _hostile(t: SiteType) -> st.SearchStrategy[Any]:
                   st.sampled_from(PAYLOADS)),
     )
     if t.base == "node":
-        item: st.SearchStrategy[Any] = st.fixed_dictionaries(
-            {"name": st.one_of(text, st.just("c9")), "address": st.one_of(text, st.just("198.18.0.99"))},
-            optional={"cpus": st.one_of(text, st.integers()), "memory": st.one_of(text, st.integers())})
+        item: st.SearchStrategy[Any] = st.builds(
+            lambda node, extra: {**extra, **node},
+            st.fixed_dictionaries(
+                {"name": st.one_of(text, st.just("c9")), "address": st.one_of(text, st.just("198.18.0.99"))},
+                optional={"cpus": st.one_of(text, st.integers()), "memory": st.one_of(text, st.integers())}),
+            st.dictionaries(st.one_of(st.text(max_size=8), st.integers()), text, max_size=1))
     else:
         item = st.one_of(text, st.integers(), st.booleans())
     return st.one_of(st.lists(item, max_size=3), item) if t.is_list else item
