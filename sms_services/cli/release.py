@@ -101,6 +101,9 @@ def cmd_lint(args: argparse.Namespace) -> int:
             text = Path(path).read_text()
         except OSError as err:
             raise UserError(f"{path}: cannot read ({err.strerror})") from None
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}: not a text file (byte {err.start} is not UTF-8); "
+                            "lint checks Apptainer definition files") from None
         for p in lint(text):
             err_console.print(f"{path}:{p.line}: {p.message}", markup=False)
             bad += 1

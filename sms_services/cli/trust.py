@@ -102,7 +102,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         out_console.print(f"published {release}:{entry.version} -> {lib.root / entry.path} (signer {entry.signer}, "
                           f"verify {entry.verify}){' tags ' + ' '.join(tags) if tags else ''}", markup=False)
     else:
-        refs = lib.publish(sif, release, trust, tags=tags)
+        refs = lib.publish(sif, release, trust, tags=tags, labels=lib.apptainer.labels(sif))
         out_console.print("pushed " + " ".join(refs), markup=False)
     return 0
 

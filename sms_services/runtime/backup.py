@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sms_services.errors import UserError
-from sms_services.files import atomic_write, sha256_file
+from sms_services.files import atomic_write, open_folder, sha256_file
 from sms_services.runtime.overlay import copy_overlay, frozen, in_use, usage
 
 
@@ -44,17 +46,41 @@ def record_of(image: Path) -> Path:
     return image.with_name(image.name + ".json")
 
 
+# The names backup() gives: <overlay's stem>-<UTC time to the microsecond>Z.img
+_NAME = re.compile(r"^[^/]+-[0-9]{8}T[0-9]{12}Z\.img$")
+
+
 def backups(dest: Path, overlay: Path | None = None) -> list[Backup]:
-    """The backups in ``dest`` (of ``overlay`` only, if given), oldest first."""
+    """The backups in ``dest`` (of ``overlay`` only, if given), oldest first.
+
+    Only what backup() made is listed (and so ever rotated away): a record named
+    after its image, which is a file of backup()'s naming in ``dest`` itself,
+    whatever path the record's ``image`` field says.
+    """
     found = []
     for rec in sorted(dest.glob("*.img.json")):
         try:
             b = Backup(**json.loads(rec.read_text()))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OSError):
             continue  # a record we did not write: not ours to list or delete
-        if overlay is None or Path(b.overlay) == overlay.resolve():
+        name = Path(str(b.image)).name
+        if not isinstance(b.image, str) or rec.name != f"{name}.json" or not _NAME.match(name):
+            continue
+        b.image = str(dest / name)
+        if overlay is None or Path(str(b.overlay)) == overlay.resolve():
             found.append(b)
-    return sorted(found, key=lambda b: b.created)
+    return sorted(found, key=lambda b: str(b.created))
+
+
+def _remove(dest: Path, names: list[str]) -> None:
+    """Unlink ``names`` in the folder ``dest`` (a link there is removed, never followed)."""
+    folder = open_folder(dest)
+    try:
+        for name in names:
+            with suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=folder)
+    finally:
+        os.close(folder)
 
 
 def backup(overlay: Path, dest: Path, *, keep: int = 7) -> Backup:
@@ -63,7 +89,12 @@ def backup(overlay: Path, dest: Path, *, keep: int = 7) -> Backup:
         raise UserError(f"{overlay}: no such overlay")
     if keep < 1:
         raise UserError(f"--keep {keep}: keep at least one backup")
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest}: not a folder; --to names the folder backups go to")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{dest}: cannot make the backup folder ({err.strerror})") from None
     stamp = datetime.now(UTC)
     image = dest / f"{overlay.stem}-{stamp.strftime('%Y%m%dT%H%M%S%fZ')}.img"
     start = time.monotonic()
@@ -78,11 +109,10 @@ def backup(overlay: Path, dest: Path, *, keep: int = 7) -> Backup:
         b.seconds = round(time.monotonic() - start, 3)
         atomic_write(b.record, json.dumps(asdict(b), indent=2) + "\n")  # the record last: a backup without one is not a backup
     except BaseException:
-        image.unlink(missing_ok=True)
+        _remove(dest, [image.name])
         raise
     for old in backups(dest, overlay)[:-keep]:
-        Path(old.image).unlink(missing_ok=True)
-        old.record.unlink(missing_ok=True)
+        _remove(dest, [Path(old.image).name, old.record.name])
     return b
 
 
@@ -103,14 +133,13 @@ def check_backup(image: Path) -> Backup:
 def restore(image: Path, overlay: Path) -> Backup:
     """Put backup ``image`` in place of ``overlay`` (which no instance may be using)."""
     b = check_backup(image)
+    if overlay.is_symlink():
+        raise UserError(f"{overlay}: a symbolic link (to {os.readlink(overlay)}); not restored: pass the real "
+                        f"path of the overlay, the one the instance was started with ({overlay.resolve()})")
+    if overlay.is_dir():
+        raise UserError(f"{overlay}: a folder; --overlay names the overlay image file (e.g. {overlay / 'sms.img'})")
     if overlay.exists() and in_use(overlay):
         raise UserError(f"{overlay}: in use by a running instance; stop it first (or restore to a new path)")
-    staged = overlay.with_name(f".{overlay.name}.restoring")
-    try:
-        copy_overlay(image, staged)
-        if sha256_file(staged) != b.sha256:  # the disk under us: never start on a bad copy
-            raise UserError(f"{overlay}: the restored copy does not match {image}; check the disk and try again")
-        os.replace(staged, overlay)
-    finally:
-        staged.unlink(missing_ok=True)
+    # Staged, checked and renamed by files.replacing: never written through a planted link.
+    copy_overlay(image, overlay, sha256=b.sha256)
     return b

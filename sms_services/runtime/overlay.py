@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sms_services.errors import UserError
+from sms_services.files import copy_file, read_file, replacing
 
 
 def create_overlay(path: Path, files: dict[str, str | bytes], *, size_mib: int = 256,
@@ -29,7 +30,6 @@ def create_overlay(path: Path, files: dict[str, str | bytes], *, size_mib: int =
     if shutil.which("mkfs.ext3") is None:
         raise UserError("mkfs.ext3 not found: install e2fsprogs")
     seed = Path(tempfile.mkdtemp(prefix="overlay-seed-", dir=path.parent))
-    tmp = path.with_name(f".{path.name}.partial")
     try:
         (seed / "upper").mkdir(mode=0o755)
         (seed / "work").mkdir(mode=0o755)
@@ -43,26 +43,24 @@ def create_overlay(path: Path, files: dict[str, str | bytes], *, size_mib: int =
             dest.chmod((modes or {}).get(target, 0o644))
             if owners and target in owners:
                 os.chown(dest, *owners[target])
-        proc = subprocess.run(["mkfs.ext3", "-q", "-F", "-d", str(seed), str(tmp), f"{size_mib}M"],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise UserError(f"{path}: cannot create overlay: {proc.stderr.strip()[:200]}")
-        os.replace(tmp, path)
+        # mkfs writes the staged file through this process' open folder (files.replacing):
+        # never a link planted at a name beside the overlay.
+        with replacing(path, 0o644, keep_existing=True) as new:
+            proc = subprocess.run(["mkfs.ext3", "-q", "-F", "-d", str(seed), str(new.path), f"{size_mib}M"],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise UserError(f"{path}: cannot create overlay: {proc.stderr.strip()[:200]}")
     finally:
-        tmp.unlink(missing_ok=True)
         shutil.rmtree(seed, ignore_errors=True)
 
 
-def copy_overlay(src: Path, dst: Path) -> None:
-    """A sparse copy (an overlay is mostly holes), renamed into place only when complete."""
-    tmp = dst.with_name(f".{dst.name}.partial")
+def copy_overlay(src: Path, dst: Path, *, sha256: str | None = None) -> None:
+    """A sparse copy (an overlay is mostly holes), in place only when complete and, with
+    ``sha256``, only if the copy read back has that digest (files.replacing: no link followed)."""
     try:
-        proc = subprocess.run(["cp", "--sparse=always", str(src), str(tmp)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise UserError(f"{src}: cannot copy overlay to {dst}: {proc.stderr.strip()[:200]}")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+        copy_file(src, dst, sparse=True, sha256=sha256)
+    except OSError as err:
+        raise UserError(f"{src}: cannot copy overlay to {dst}: {err.strerror or err}") from None
 
 
 def read_overlay_file(overlay: Path, path: str) -> bytes:
@@ -164,18 +162,18 @@ def write_overlay_files(overlay: Path, files: dict[str, str | bytes], *,
     with mounted(overlay) as root:
         if remap and (remap[0] or remap[1]):
             remap_owners(root / "upper", *remap)
+        upper = root / "upper"
         for target, content in files.items():
-            dest = root / "upper" / target.lstrip("/")
+            dest = upper / target.lstrip("/")
             data = content if isinstance(content, bytes) else content.encode()
-            if dest.is_file() and dest.read_bytes() == data:
+            # The container wrote this tree: no link in it is followed (files.replacing).
+            if read_file(dest, root=upper) == data:
                 continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.new")
-            tmp.write_bytes(data)
-            tmp.chmod((modes or {}).get(target, 0o644))
-            if owners and target in owners:
-                os.chown(tmp, *owners[target])
-            os.replace(tmp, dest)
+            with replacing(dest, 0o600, root=upper, create=True) as new:
+                new.file.write(data)
+                os.fchmod(new.file.fileno(), (modes or {}).get(target, 0o644))
+                if owners and target in owners:
+                    os.fchown(new.file.fileno(), *owners[target])
             changed.append(target)
     return changed
 

@@ -211,6 +211,9 @@ def test_publish_pull_promote_rollback(apptainer, capsys, sif: Path, tmp_path: P
     assert entries["1"]["slurm"].startswith("24.11") and entries["1"]["fingerprint"].startswith("sha256:")
     published = lib / entries["1"]["path"]
     assert published.stat().st_mode & 0o222 == 0  # immutable
+    # A 3.5 image is not published as another release (its sms-services.release label).
+    rc, _, err = smsctl(capsys, "publish", *base, "--sif", str(one), "3.6")
+    assert rc != 0 and "built as release 3.5" in err and err.count("\n") == 1
 
 
 def test_corrupt_published_file_and_corrupt_index_are_never_served(capsys, sif: Path, tmp_path: Path) -> None:
@@ -235,13 +238,14 @@ def test_an_interrupted_publish_leaves_no_entry_and_no_partial_file(apptainer, c
     smsctl(capsys, "sign", "--key", str(key), str(sif))
     lib = DirectoryLibrary(tmp_path / "lib", apptainer)
 
-    def copy_then_die(src, dst):
-        Path(dst).write_bytes(Path(src).read_bytes()[:1000])
+    def copy_then_die(src, dst, **kw):
+        dst.write(Path(src).read_bytes()[:1000])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("sms_services.trust.library.shutil.copyfile", copy_then_die)
+    monkeypatch.setattr("sms_services.files.copy_into", copy_then_die)
     with pytest.raises(KeyboardInterrupt):
-        lib.publish(sif, "3.5", Trust.release([str(key)]), tags=["stable"], verify_report=None, labels={})
+        lib.publish(sif, "3.5", Trust.release([str(key)]), tags=["stable"], verify_report=None,
+                    labels=apptainer.labels(sif))
     assert lib.entries() == []
     assert not [p for p in (tmp_path / "lib").rglob("*.sif*")]
 
@@ -302,6 +306,14 @@ def test_registry_publish_and_pull(capsys, registry: str, sif: Path, tmp_path: P
                           str(tmp_path / "pulled"), "3.5:stable")
     assert rc == 0, err
     assert sha256_file(Path(out.splitlines()[-1])) == sha256_file(sif)
+    # No tag: <release>-latest, which publish pushed too (the last version published).
+    rc, out, err = smsctl(capsys, "pull", "--library", registry, "--key", str(key), "--dest",
+                          str(tmp_path / "pulled"), "3.5")
+    assert rc == 0, err
+    assert out.splitlines()[-1].endswith("sms-services-3.5-latest.sif")
+    assert sha256_file(Path(out.splitlines()[-1])) == sha256_file(sif)
+    rc, _, err = smsctl(capsys, "publish", "--library", registry, "--key", str(key), "--sif", str(sif), "3.6")
+    assert rc != 0 and "built as release 3.5" in err
     rc, out, err = smsctl(capsys, "pull", "--library", registry, "--key", str(other), "--dest",
                           str(tmp_path / "refused"), "3.5:stable")
     assert rc != 0 and "not by a trusted key" in err
