@@ -81,7 +81,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], "running" if r["running"] else "[red]stopped[/red]", r["release"],
-                      Path(r["sif"]).name, r["signer"], r["started"], f"{r['overlay']} ({r['overlay_use']})",
+                      Path(r["source"] or r["sif"]).name, r["signer"], r["started"], f"{r['overlay']} ({r['overlay_use']})",
                       str(len(r["history"])))
     out_console.print(table)
     return 0
@@ -112,6 +112,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
 
     project, apptainer = project_of(args), Apptainer.find()
     record = Record.load(args.name)
+    old_name = Path(record.source or record.sif).name
     new_sif = sif_of(args, args.to).resolve()
     with Deployment(project, apptainer, record, jobs=args.jobs) as dep:
         if not dep.running():
@@ -148,7 +149,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     if report.rolled_back:
         back = [r for r in report.results if r.phase == "rollback"]
         state = "answers again" if back and all(r.ok for r in back) else "FAILS ITS PROBES TOO: act now"
-        err_console.print(f"smsctl: rolled back to {Path(report.old_sif).name}, which {state} ({gap})",
+        err_console.print(f"smsctl: rolled back to {old_name}, which {state} ({gap})",
                           markup=False)
     return 1
 

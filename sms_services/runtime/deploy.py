@@ -200,6 +200,9 @@ class Deployment(SmsTarget):
     def image_accounts(self, sif: Path) -> Accounts:
         return image_accounts(self.apptainer, sif)
 
+    def image_name(self, sif: Path) -> str:
+        return Path(self.sources.get(sif) or sif).name
+
     def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]:
         """The new image's system accounts plus the cluster's users now in the overlay.
         SMS-mgmt must serve the same numbers from now on, or its next sync undoes them."""
