@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import SIGNED
-from test_signing import FakeApptainer
+from sifmaker import SIGNED, FakeApptainer
+from sifmaker import write_sif as make_sif
 
 from sms_services.cli import main as cli
 from sms_services.errors import UserError
@@ -21,7 +21,7 @@ from sms_services.trust.signing import Trust
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_copy_is_private_read_only_and_named_by_its_content(tmp_path: Path, make_sif) -> None:
+def test_the_copy_is_private_read_only_and_named_by_its_content(tmp_path: Path) -> None:
     sif = make_sif(tmp_path / "image.sif", SIGNED)
     folder = tmp_path / "state" / "images"
     copy, made = pin(sif, folder)
@@ -33,7 +33,7 @@ def test_the_copy_is_private_read_only_and_named_by_its_content(tmp_path: Path, 
     assert [p.name for p in folder.iterdir()] == [copy.name]  # no temporary file left
 
 
-def test_a_planted_link_or_changed_copy_is_not_used(tmp_path: Path, make_sif) -> None:
+def test_a_planted_link_or_changed_copy_is_not_used(tmp_path: Path) -> None:
     sif = make_sif(tmp_path / "image.sif", SIGNED)
     folder = tmp_path / "images"
     folder.mkdir(mode=0o700)
@@ -50,7 +50,7 @@ def test_a_planted_link_or_changed_copy_is_not_used(tmp_path: Path, make_sif) ->
         pin(sif, link)
 
 
-def test_a_refused_copy_is_removed_and_the_message_names_the_given_file(tmp_path: Path, make_sif) -> None:
+def test_a_refused_copy_is_removed_and_the_message_names_the_given_file(tmp_path: Path) -> None:
     sif = make_sif(tmp_path / "image.sif", SIGNED)
     pub = create_keypair(tmp_path / "site").public
     app = FakeApptainer(lambda a: "Failed to verify container: integrity: object 2: object not signed")
@@ -61,7 +61,7 @@ def test_a_refused_copy_is_removed_and_the_message_names_the_given_file(tmp_path
 
 
 def test_start_starts_the_checked_copy_even_if_the_file_is_swapped_after_the_check(
-        tmp_path: Path, make_sif, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """Issue 10 item 11: the old code checked and started one path, so a swap in between ran."""
     state = tmp_path / "state"
     monkeypatch.setenv("SMS_STATE_DIR", str(state))

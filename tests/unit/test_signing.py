@@ -9,39 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import GROUP, IMAGE, LAUNCH, PARTITION, SIGNED, SIGNATURE
+from sifmaker import GROUP, IMAGE, LAUNCH, PARTITION, SIGNATURE, SIGNED, FakeApptainer
+from sifmaker import write_sif as make_sif
 
-from sms_services.apptainer import Result
 from sms_services.cli import main as cli
 from sms_services.errors import UserError
 from sms_services.probes.report import passed_report
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.sif import content_digest, read_sif
 from sms_services.trust.signing import Trust, check, release_sign, sign
-
-
-class FakeApptainer:
-    """Records every call; ``verify`` answers from ``verdict`` (stderr by key file, '' = OK)."""
-
-    binary = "apptainer"
-
-    def __init__(self, verdict: Callable[[list[str]], str] = lambda args: "") -> None:
-        self.calls: list[list[str]] = []
-        self.verdict = verdict
-
-    def run(self, args: list[str], *, timeout: float | None = None, **kw) -> Result:
-        self.calls.append(args)
-        if args[0] == "verify":
-            err = self.verdict(args)
-            return Result(255 if err else 0, "", f"INFO:    Verifying image\nFATAL:   {err}\n" if err else "")
-        return Result(0, "", "")
-
-    def did(self, verb: str) -> list[list[str]]:
-        return [c for c in self.calls if c[0] == verb or c[:2] == ["sif", verb]]
 
 
 @pytest.fixture
@@ -52,7 +31,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 # --- the content digest: everything a signature covers ---------------------------------
 
-def test_the_digest_ignores_signatures_but_not_the_header_descriptors_or_data(tmp_path: Path, make_sif) -> None:
+def test_the_digest_ignores_signatures_but_not_the_header_descriptors_or_data(tmp_path: Path) -> None:
     base = content_digest(make_sif(tmp_path / "a.sif", IMAGE))
     assert content_digest(make_sif(tmp_path / "signed.sif", SIGNED)) == base  # signing keeps it
     # The launch script (the header's first 32 bytes, what `./image.sif` runs): the issue's repro.
@@ -69,7 +48,7 @@ def test_the_digest_ignores_signatures_but_not_the_header_descriptors_or_data(tm
     assert content_digest(make_sif(tmp_path / "p.sif", added)) != base
 
 
-def test_a_truncated_or_foreign_file_is_one_line(tmp_path: Path, make_sif) -> None:
+def test_a_truncated_or_foreign_file_is_one_line(tmp_path: Path) -> None:
     whole = make_sif(tmp_path / "a.sif", SIGNED).read_bytes()
     (tmp_path / "t.sif").write_bytes(whole[:-5])
     with pytest.raises(UserError, match=r"t.sif: truncated SIF \(object 3 ends at byte \d+, the file at \d+\)"):
@@ -90,7 +69,7 @@ def report(path: Path, digest: str) -> Path:
 
 
 def test_sign_require_verified_refuses_a_launch_script_changed_after_verify(
-        tmp_path: Path, make_sif, config: Path) -> None:
+        tmp_path: Path, config: Path) -> None:
     """Issue 10 item 1: the copy's report still matched, because the digest left the header out."""
     key = create_keypair(tmp_path / "release").private.with_suffix("")
     verified = make_sif(tmp_path / "verified.sif", SIGNED)
@@ -104,7 +83,7 @@ def test_sign_require_verified_refuses_a_launch_script_changed_after_verify(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".sms-sign")] == []
 
 
-def test_sign_checks_the_signature_it_replaces(tmp_path: Path, make_sif, config: Path) -> None:
+def test_sign_checks_the_signature_it_replaces(tmp_path: Path, config: Path) -> None:
     key = create_keypair(tmp_path / "release").private.with_suffix("")
     sif = make_sif(tmp_path / "image.sif", SIGNED)
     # Apptainer: the header no longer matches the build signature.
@@ -126,7 +105,7 @@ def test_sign_checks_the_signature_it_replaces(tmp_path: Path, make_sif, config:
     assert app.did("verify") and app.did("del")[0][2] == "3" and app.did("sign")
 
 
-def test_require_verified_refuses_an_unsigned_image(tmp_path: Path, make_sif, config: Path) -> None:
+def test_require_verified_refuses_an_unsigned_image(tmp_path: Path, config: Path) -> None:
     key = create_keypair(tmp_path / "release").private.with_suffix("")
     sif = make_sif(tmp_path / "image.sif", IMAGE)
     rep = report(tmp_path / "verify.json", content_digest(sif))
@@ -136,7 +115,7 @@ def test_require_verified_refuses_an_unsigned_image(tmp_path: Path, make_sif, co
     assert not app.did("sign")
 
 
-def test_a_readable_signing_key_is_warned_about_not_refused(tmp_path: Path, make_sif, config: Path) -> None:
+def test_a_readable_signing_key_is_warned_about_not_refused(tmp_path: Path, config: Path) -> None:
     pair = create_keypair(tmp_path / "release")
     sif = make_sif(tmp_path / "image.sif", IMAGE)
     warned: list[str] = []
@@ -167,7 +146,7 @@ def test_a_key_folder_made_under_umask_000_is_private(tmp_path: Path) -> None:
     "Failed to verify container: integrity: non-signature object not associated with object group",
     "Failed to verify container: integrity: EOF",
 ])
-def test_apptainers_reason_is_kept(tmp_path: Path, make_sif, reason: str) -> None:
+def test_apptainers_reason_is_kept(tmp_path: Path, reason: str) -> None:
     pub = create_keypair(tmp_path / "site").public
     sif = make_sif(tmp_path / "image.sif", SIGNED)
     with pytest.raises(UserError) as err:
@@ -177,7 +156,7 @@ def test_apptainers_reason_is_kept(tmp_path: Path, make_sif, reason: str) -> Non
     assert "trust its signer's .pub" not in msg and "\n" not in msg
 
 
-def test_another_signer_is_still_named_as_such(tmp_path: Path, make_sif) -> None:
+def test_another_signer_is_still_named_as_such(tmp_path: Path) -> None:
     pub = create_keypair(tmp_path / "site").public
     sif = make_sif(tmp_path / "image.sif", SIGNED)
     app = FakeApptainer(lambda a: "Failed to verify container: integrity: signature object 3 not valid: dsse: "
@@ -186,7 +165,7 @@ def test_another_signer_is_still_named_as_such(tmp_path: Path, make_sif) -> None
         check(app, sif, Trust([pub]))  # type: ignore[arg-type]
 
 
-def test_a_missing_roots_file_or_truncated_sif_is_named(tmp_path: Path, make_sif) -> None:
+def test_a_missing_roots_file_or_truncated_sif_is_named(tmp_path: Path) -> None:
     create_keypair(tmp_path / "ca-signed")
     from sms_services.trust.keys import create_ca
     create_ca(tmp_path / "ca")

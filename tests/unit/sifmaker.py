@@ -1,4 +1,5 @@
-"""SIF-like files made in the test, byte for byte in the layout of Apptainer's sif library."""
+"""For the trust tests: SIF files made in the test, byte for byte in the layout of Apptainer's sif
+library, and an Apptainer that answers ``verify`` as told."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
+from sms_services.apptainer import Result
 from sms_services.trust.sif import DESCRIPTOR, HEADER, MAGIC, VERSION
 
 LAUNCH = b"#!/usr/bin/env run-singularity\n"
@@ -39,6 +39,22 @@ def write_sif(path: Path, objects: list[Obj], *, launch: bytes = LAUNCH, uuid: b
     return path
 
 
-@pytest.fixture
-def make_sif() -> Callable[..., Path]:
-    return write_sif
+
+class FakeApptainer:
+    """Records every call; ``verify`` fails with ``verdict(args)`` as Apptainer's reason ('' = OK)."""
+
+    binary = "apptainer"
+
+    def __init__(self, verdict: Callable[[list[str]], str] = lambda args: "") -> None:
+        self.calls: list[list[str]] = []
+        self.verdict = verdict
+
+    def run(self, args: list[str], *, timeout: float | None = None, **kw) -> Result:
+        self.calls.append(args)
+        if args[0] == "verify":
+            err = self.verdict(args)
+            return Result(255 if err else 0, "", f"INFO:    Verifying image\nFATAL:   {err}\n" if err else "")
+        return Result(0, "", "")
+
+    def did(self, verb: str) -> list[list[str]]:
+        return [c for c in self.calls if c[0] == verb or c[:2] == ["sif", verb]]
