@@ -91,7 +91,7 @@ def pin(sif: Path, folder: Path) -> tuple[Path, bool]:
                 os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
                 made = True
         os.fsync(dir_fd)
-        return folder / name, made
+        return folder.resolve() / name, made
     finally:
         try:
             os.unlink(tmp, dir_fd=dir_fd)
@@ -121,7 +121,7 @@ def _same(dir_fd: int, name: str, sha: str) -> bool:
 
 def unpin(path: Path, folder: Path) -> None:
     """Remove a copy ``pin`` made that was then refused (never anything outside ``folder``)."""
-    if path.parent == folder and len(path.name) == NAME_LEN:
+    if path.parent == folder.resolve() and len(path.name) == NAME_LEN:
         path.unlink(missing_ok=True)
 
 

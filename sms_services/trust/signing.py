@@ -7,8 +7,9 @@ Trust model, in the order an image meets it:
   here, unchanged since", and is enough for ``verify`` to start the candidate in
   the lab. Nothing else trusts it.
 * **release keys** -- an admin signs an image that passed verify with a site
-  key (``smsctl sign --key``); that signature replaces the build key's, so the
-  SIF carries exactly one signer and ``apptainer verify --key`` works on it as is.
+  key (``smsctl sign --key``); that signature replaces the build key's (once it
+  checked), so the SIF carries exactly one signer and ``apptainer verify --key``
+  works on it as is.
   Hosts trust release keys (``--key`` or the ``<config>/trusted/`` folder of
   ``.pub`` files) or a site CA (``--certificate``/``--certificate-roots``).
 
@@ -196,20 +197,26 @@ def release_sign(apptainer: Apptainer, sif: Path, key: str | Path, *,
     if not sif.is_file():
         raise UserError(f"{sif}: no such SIF")
     sif = sif.resolve()
-    work = Path(tempfile.mkdtemp(prefix=".sms-sign-", dir=sif.parent))  # 0700, made exclusively
+    try:
+        work = Path(tempfile.mkdtemp(prefix=".sms-sign-", dir=sif.parent))  # 0700, made exclusively
+    except OSError as err:
+        raise UserError(f"{sif.parent}: cannot make a private folder to sign a copy in ({err.strerror})") from None
     copy = work / sif.name
     try:
+        mode = sif.stat().st_mode & 0o755
         shutil.copyfile(sif, copy)
-        os.chmod(copy, sif.stat().st_mode & 0o755)
         if require is not None:
             require(copy)
             if not signatures(apptainer, copy):
                 raise UserError(f"{sif}: not signed, so nothing shows it is the image verify ran; "
                                 "verify starts only signed images: build it again with smsctl build")
         signer = sign(apptainer, copy, key, replaces=replaceable(key), warn=warn)
+        os.chmod(copy, mode)
         os.replace(copy, sif)
     except UserError as err:  # name the file the admin gave, not the private copy
         raise UserError(str(err).replace(str(copy), str(sif)), exit_code=err.exit_code) from None
+    except OSError as err:
+        raise UserError(f"{sif}: cannot copy, sign and put it back ({err.strerror}); it is unchanged") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return signer
