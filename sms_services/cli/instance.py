@@ -23,15 +23,24 @@ from sms_services.runtime.deploy import DEFAULT_NODE_EXEC
 
 def cmd_start(args: argparse.Namespace) -> int:
     from sms_services.apptainer import Apptainer
-    from sms_services.runtime.deploy import start
-    from sms_services.trust.signing import check
+    from sms_services.runtime.deploy import images_dir, start
+    from sms_services.runtime.pin import checked_copy, unpin
 
     apptainer = Apptainer.find()
     sif = sif_of(args, args.sif).resolve()
-    signer = check(apptainer, sif, trust_of(args), warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
-    dep = start(project_of(args), apptainer, sif, name=args.name, overlay=Path(args.overlay).resolve(),
-                site=Path(args.site), provision_bridge=args.provision_bridge, public_bridge=args.public_bridge,
-                node_exec=args.node_exec, binds=args.bind or [], signer=str(signer) if signer else "UNSIGNED")
+    # What is checked is a private copy, and that copy is what starts (runtime/pin.py).
+    folder = images_dir()
+    copy, signer, made = checked_copy(apptainer, sif, trust_of(args), folder,
+                                      warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
+    try:
+        dep = start(project_of(args), apptainer, copy, name=args.name, overlay=Path(args.overlay).resolve(),
+                    site=Path(args.site), provision_bridge=args.provision_bridge, public_bridge=args.public_bridge,
+                    node_exec=args.node_exec, binds=args.bind or [], signer=str(signer) if signer else "UNSIGNED",
+                    source=sif)
+    except BaseException:
+        if made:
+            unpin(copy, folder)
+        raise
     dep.close()
     out_console.print(f"started {args.name}: {sif.name} (release {dep.release}, signed by "
                       f"{dep.record.signer}) on {args.overlay}; recorded in {dep.record.path_of(args.name)}")
@@ -72,7 +81,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], "running" if r["running"] else "[red]stopped[/red]", r["release"],
-                      Path(r["sif"]).name, r["signer"], r["started"], f"{r['overlay']} ({r['overlay_use']})",
+                      Path(r["source"] or r["sif"]).name, r["signer"], r["started"], f"{r['overlay']} ({r['overlay_use']})",
                       str(len(r["history"])))
     out_console.print(table)
     return 0
@@ -98,18 +107,27 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     from sms_services.apptainer import Apptainer
     from sms_services.probes.report import print_table
     from sms_services.runtime.cutover import cutover
-    from sms_services.runtime.deploy import Deployment, Record
+    from sms_services.runtime.deploy import Deployment, Record, images_dir
+    from sms_services.runtime.pin import checked_copy, unpin
 
     project, apptainer = project_of(args), Apptainer.find()
     record = Record.load(args.name)
+    old_name = Path(record.source or record.sif).name
     new_sif = sif_of(args, args.to).resolve()
     with Deployment(project, apptainer, record, jobs=args.jobs) as dep:
         if not dep.running():
             raise UserError(f"instance {args.name} is not running; a cutover replaces a running instance "
                             f"(smsctl start starts one)")
         say = lambda s: err_console.print(f"[bold]cutover[/bold] {s}")  # noqa: E731
-        report = cutover(dep, project, new_sif, trust=trust_of(args), deadline=args.deadline,
-                         node_slurmd=dep.slurmd_versions(), say=say)
+        # Checked now, started after the old instance stopped: so a private copy, not the path.
+        copy, signer, made = checked_copy(apptainer, new_sif, trust_of(args), images_dir(), warn=say)
+        dep.sources[copy] = str(new_sif)
+        try:
+            report = cutover(dep, project, copy, trust=trust_of(args), deadline=args.deadline,
+                             node_slurmd=dep.slurmd_versions(), signer=signer, say=say)
+        finally:
+            if made and record.sif != str(copy):  # refused or rolled back: nothing runs it
+                unpin(copy, images_dir())
         if report.ok:
             record.signer = report.signer
             record.save()
@@ -131,7 +149,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     if report.rolled_back:
         back = [r for r in report.results if r.phase == "rollback"]
         state = "answers again" if back and all(r.ok for r in back) else "FAILS ITS PROBES TOO: act now"
-        err_console.print(f"smsctl: rolled back to {Path(report.old_sif).name}, which {state} ({gap})",
+        err_console.print(f"smsctl: rolled back to {old_name}, which {state} ({gap})",
                           markup=False)
     return 1
 

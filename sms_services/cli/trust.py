@@ -47,13 +47,16 @@ def cmd_sign(args: argparse.Namespace) -> int:
     from sms_services.apptainer import Apptainer
     from sms_services.image.build import Builder
     from sms_services.probes.report import passed_report
-    from sms_services.trust.signing import content_digest, sign
+    from sms_services.trust.signing import content_digest, release_sign
 
     sif = sif_of(args, args.target)
     app = Apptainer.find()
+    require = None
     if args.require_verified:
-        passed_report(Path(args.require_verified), content_digest(app, sif), sif)
-    signer = sign(app, sif, args.key)
+        report = Path(args.require_verified)
+        require = lambda copy: passed_report(report, content_digest(app, copy), sif)  # noqa: E731
+    signer = release_sign(app, sif, args.key, require=require,
+                          warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
     Builder.record_signature(sif, str(signer))
     out_console.print(f"signed {sif} as {signer}", markup=False)
     return 0
@@ -75,14 +78,22 @@ def cmd_verify_signature(args: argparse.Namespace) -> int:
     return 0
 
 
-def _library(spec: str | None):
+def _library(spec: str | None, *, existing: bool = False):
+    """The library ``--library`` names; ``existing``: it must be there already (list, tag,
+    rollback), so a mistyped path is one line, not an empty table."""
     from sms_services.apptainer import Apptainer
     from sms_services.trust.library import DirectoryLibrary, OrasLibrary, default_library
 
     spec = spec or default_library()
     if spec.startswith("oras://"):
         return OrasLibrary(spec, Apptainer.find())
-    return DirectoryLibrary(Path(spec), Apptainer.find())
+    root = Path(spec)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: not a folder; --library takes a library folder (or oras://HOST/REPO)")
+    if existing and not root.is_dir():
+        raise UserError(f"{root}: no such library folder (smsctl publish makes one; check --library or "
+                        "$SMS_LIBRARY)")
+    return DirectoryLibrary(root, Apptainer.find())
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -110,7 +121,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     from sms_services.trust.library import DirectoryLibrary
 
-    lib = _library(args.library)
+    lib = _library(args.library, existing=True)
     trust = trust_of(args)
     if isinstance(lib, DirectoryLibrary):
         path, signer = lib.pull(args.ref, trust)
@@ -124,7 +135,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_library(args: argparse.Namespace) -> int:
     from sms_services.trust.library import DirectoryLibrary
 
-    lib = _library(args.library)
+    lib = _library(args.library, existing=True)
     if not isinstance(lib, DirectoryLibrary):
         raise UserError("library list/tag/rollback work on directory libraries; for a registry use its own tools")
     if args.library_command == "tag":
@@ -172,7 +183,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--name", default="sms-services site CA")
     k.set_defaults(func=cmd_keys_create_ca)
 
-    s = sub.add_parser("sign", help="sign a SIF (replacing the build key's signature)")
+    s = sub.add_parser("sign", help="sign a SIF (replacing the build key's signature, once it checked)")
     s.add_argument("--key", required=True, metavar="PREFIX", help="PREFIX.key signs")
     s.add_argument("--require-verified", metavar="REPORT",
                    help="sign only if this verify JSON report passed for exactly this SIF")

@@ -168,7 +168,7 @@ class Builder:
             # bytes are the ones built here.
             current = build_signer().fingerprint
             if not reused.signer or (reused.build_key_fingerprint and reused.build_key_fingerprint != current):
-                reused.signer = str(sign(self.apptainer, target, build_key()))
+                reused.signer = str(sign(self.apptainer, target, build_key(), replaces=None))
                 reused.sha256, reused.size = self.record_signature(target, reused.signer,
                                                                    build_key_fingerprint=current)
             reused.seconds = round(time.monotonic() - start, 1)
@@ -183,7 +183,7 @@ class Builder:
         try:
             self.verify_no_secrets(target, ctx.fragments)
             # "Built here, unchanged since": what lets verify start the candidate (signing.py).
-            signer = sign(self.apptainer, target, build_key())
+            signer = sign(self.apptainer, target, build_key(), replaces=None)
             result.signer, result.build_key_fingerprint = str(signer), signer.fingerprint
         except BaseException:
             target.unlink(missing_ok=True)

@@ -182,7 +182,7 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
         raise UserError(f"{new_sif}: not an SMS-services image (no known sms-services.release label)")
     refused = step_reasons(old_labels, new_labels, node_slurmd)
     if refused:
-        raise UserError(f"cutover to {new_sif.name} refused: {'; '.join(refused)}")
+        raise UserError(f"cutover to {target.image_name(new_sif)} refused: {'; '.join(refused)}")
     assert target.sms_overlay is not None
     used, total = usage(target.sms_overlay)
     if total - used < FREE_NEEDED:
@@ -207,7 +207,7 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
     try:
         watch.wait_up()
         since = time.time()
-        say(f"stopping {old_sif.name}")
+        say(f"stopping {target.image_name(old_sif)}")
         report.stop_s = target.stop_sms()
         try:
             if before is not None:
@@ -216,7 +216,7 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
                 report.renumbered = renumbered((target.passwd, target.group, target.shadow), accounts)
                 report.site_files_changed = _carry_over(target, new_frags, new_release, accounts)
             target.release, target.sms_fragments = new_release, new_frags
-            say(f"starting {new_sif.name}" + (f" on {report.host}" if report.host else ""))
+            say(f"starting {target.image_name(new_sif)}" + (f" on {report.host}" if report.host else ""))
             report.start_s = target.start_sms(new_sif, host=report.host)
         except (UserError, OSError) as err:
             # The new image never ran (no copy space, no start): the old one must not stay down.
@@ -224,8 +224,8 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
                 os.replace(before, target.sms_overlay)
             target.release, target.sms_fragments = old_release, old_frags
             target.start_sms(old_sif, host=old_host)
-            raise UserError(f"cutover to {new_sif.name} failed before it started ({err}); "
-                            f"{old_sif.name} runs again") from None
+            raise UserError(f"cutover to {target.image_name(new_sif)} failed before it started ({err}); "
+                            f"{target.image_name(old_sif)} runs again") from None
         results = run_all(target, new_frags, ready_timeout=deadline, phase="cutover",
                           say=say_result)
         report.green_s = round(time.monotonic() - target.sms_started_at, 2)
@@ -235,7 +235,7 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
             failed = failed_services(results)
             report.reasons.append(f"after the cutover these services failed their probes: {', '.join(failed)}")
             if rollback:
-                say(f"rolling back to {old_sif.name}: {', '.join(failed)} failed")
+                say(f"rolling back to {target.image_name(old_sif)}: {', '.join(failed)} failed")
                 target.stop_sms()
                 if before is not None:
                     os.replace(before, target.sms_overlay)

@@ -55,12 +55,17 @@ def state_dir() -> Path:
     return Path(os.environ.get("SMS_STATE_DIR", DEFAULT_STATE))
 
 
+def images_dir() -> Path:
+    """Where the checked copies of started images are kept (runtime/pin.py)."""
+    return state_dir().resolve() / "images"
+
+
 @dataclass
 class Record:
     """How an instance was started: everything a cutover needs to start another image the same way."""
 
     name: str
-    sif: str
+    sif: str  # the private read-only copy that was checked and started (runtime/pin.py)
     release: str
     overlay: str
     site: str
@@ -71,6 +76,7 @@ class Record:
     signer: str = ""
     started: str = ""
     history: list[dict[str, str]] = field(default_factory=list)  # earlier images, newest last
+    source: str = ""  # the path the admin gave, which ``sif`` was copied from
 
     @staticmethod
     def path_of(name: str) -> Path:
@@ -103,6 +109,8 @@ class Deployment(SmsTarget):
     def __init__(self, project: Project, apptainer: Apptainer, record: Record, *, jobs: bool = False) -> None:
         self.project, self.apptainer, self.record = project, apptainer, record
         self.sms_sif = Path(record.sif)
+        # Image started -> the path it was copied from, for the record (the caller adds new ones).
+        self.sources: dict[Path, str] = {Path(record.sif): record.source}
         self.sms_overlay = Path(record.overlay)
         self.release = record.release
         self.sms_fragments = project.sms_fragments(record.release)
@@ -164,8 +172,9 @@ class Deployment(SmsTarget):
                        extra=[a for b in rec.binds for a in ("--bind", b)], what="start")
         self.sms_started_at = time.monotonic()
         if Path(rec.sif) != sif or rec.release != self.release:
-            rec.history.append({"sif": rec.sif, "release": rec.release, "until": _now()})
+            rec.history.append({"sif": rec.sif, "source": rec.source, "release": rec.release, "until": _now()})
         rec.sif, rec.release, rec.started = str(sif), self.release, _now()
+        rec.source = self.sources.get(sif, "")
         self.sms_sif = sif
         rec.save()
         return round(self.sms_started_at - t, 2)
@@ -190,6 +199,9 @@ class Deployment(SmsTarget):
 
     def image_accounts(self, sif: Path) -> Accounts:
         return image_accounts(self.apptainer, sif)
+
+    def image_name(self, sif: Path) -> str:
+        return Path(self.sources.get(sif) or sif).name
 
     def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]:
         """The new image's system accounts plus the cluster's users now in the overlay.
@@ -224,8 +236,9 @@ def _now() -> str:
 
 def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overlay: Path, site: Path,
           provision_bridge: str, public_bridge: str, node_exec: str = DEFAULT_NODE_EXEC,
-          binds: list[str] | None = None, signer: str = "") -> Deployment:
-    """Start ``sif`` on ``overlay`` and record how (the caller has checked its signature)."""
+          binds: list[str] | None = None, signer: str = "", source: Path | None = None) -> Deployment:
+    """Start ``sif`` on ``overlay`` and record how (the caller has checked its signature:
+    ``sif`` is the checked copy, ``source`` the path it came from)."""
     if not overlay.is_file():
         raise UserError(f"{overlay}: no such overlay; create it first (apptainer overlay create) with the "
                         "site's files and munge key, or restore a backup")
@@ -237,10 +250,10 @@ def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overl
     if release not in project.matrix.releases:
         raise UserError(f"{sif}: not an SMS-services image (no known sms-services.release label)")
     if instance_pids(apptainer, name):
-        raise UserError(f"instance {name} is already running; smsctl cutover --name {name} --to {sif} replaces it")
+        raise UserError(f"instance {name} is already running; smsctl cutover --name {name} --to {source or sif} replaces it")
     record = Record(name=name, sif=str(sif), release=release, overlay=str(overlay), site=str(site.resolve()),
                     provision_bridge=provision_bridge, public_bridge=public_bridge, node_exec=node_exec,
-                    binds=list(binds or []), signer=signer)
+                    binds=list(binds or []), signer=signer, source=str(source or sif))
     dep = Deployment(project, apptainer, record)
     try:
         dep.start_sms(sif)

@@ -92,5 +92,9 @@ class SmsTarget(RunsCommands):
     def image_accounts(self, sif: Path) -> Accounts:
         raise NotImplementedError
 
+    def image_name(self, sif: Path) -> str:
+        """How an image is named to the admin (a deployment: the file its checked copy came from)."""
+        return sif.name
+
     def adopt_accounts(self, passwd: str, group: str, shadow: str) -> dict[str, str]:
         raise NotImplementedError

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,24 @@ def _write_private(path: Path, key: PrivateKey) -> None:
                                          serialization.NoEncryption()), 0o600)
 
 
+def private_dir(folder: Path) -> None:
+    """Make ``folder`` (and any missing parent) 0700, whatever the umask: a key folder
+    others can write lets them swap the key. Folders that exist are left as they are."""
+    missing = []
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        missing.append(p)
+    for p in reversed(missing):
+        try:
+            p.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another smsctl: it is made 0700 there too
+            continue
+        except OSError as err:
+            raise UserError(f"{p}: cannot make the key folder ({err.strerror})") from None
+        os.chmod(p, 0o700)  # exactly, whatever the umask took away
+
+
 def _file(prefix: Path, suffix: str) -> Path:
     """PREFIX plus a suffix; PREFIX may itself contain dots (site.release)."""
     return prefix.with_name(prefix.name + suffix)
@@ -119,7 +138,7 @@ def create_ca(prefix: Path, *, kind: str = "ec", name: str = "sms-services site 
     if private.exists():
         raise UserError(f"{private}: exists already; refusing to overwrite a CA key (choose another --out)")
     key = _generate(kind)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(prefix.parent)
     _write_private(private, key)
     crt = _file(prefix, ".crt")
     atomic_write(crt, _certificate(name, None, key.public_key(), key, days, ca=True), 0o644)
@@ -145,7 +164,7 @@ def create_keypair(prefix: Path, *, kind: str = "ec", ca: Path | None = None, na
     if private.exists() and not force:
         raise UserError(f"{private}: exists already; refusing to overwrite a signing key (choose another --out)")
     key = _generate(kind)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(prefix.parent)
     _write_private(private, key)
     atomic_write(public, key.public_key().public_bytes(serialization.Encoding.PEM,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)

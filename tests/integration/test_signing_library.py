@@ -23,6 +23,7 @@ from sms_services.trust.signing import (
     Trust,
     build_signer,
     check,
+    config_dir,
     content_digest,
     sif_objects,
     signatures,
@@ -42,7 +43,13 @@ def built_sif(apptainer, project: Project) -> Path:
 
 @pytest.fixture
 def sif(built_sif: Path, tmp_path: Path, monkeypatch) -> Path:
+    # The same host (its build key, which `sign` checks before it replaces that signature),
+    # but no trusted keys.
+    host_keys = config_dir() / "keys"
     monkeypatch.setenv("SMS_CONFIG_DIR", str(tmp_path / "config"))
+    (tmp_path / "config/keys").mkdir(parents=True, mode=0o700)
+    for name in ("build.key", "build.pub"):
+        shutil.copy2(host_keys / name, tmp_path / "config/keys" / name)
     copy = tmp_path / "image.sif"
     shutil.copyfile(built_sif, copy)
     return copy

@@ -126,7 +126,7 @@ def broken_sif(apptainer, lab: Lab, tmp_path_factory) -> Path:
     sif = work / "broken.sif"
     res = apptainer.run(["build", *apptainer.build_flags, str(sif), str(work / "broken.def")], timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    sign(apptainer, sif, build_key())
+    sign(apptainer, sif, build_key(), replaces=None)
     return sif
 
 
@@ -160,7 +160,7 @@ def test_smsctl_start_and_cutover_of_a_recorded_instance(
     good, bad = tmp_path / "good.sif", tmp_path / "bad.sif"
     for src, dst in ((lab.sms_sif, good), (broken_sif, bad)):
         shutil.copyfile(src, dst)
-        sign(apptainer, dst, key)
+        sign(apptainer, dst, key, replaces=None)  # (the build signature: this test's own build)
     (tmp_path / "config").mkdir()
     env = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_STATE_DIR": str(tmp_path / "state"),
            "SMS_CONFIG_DIR": str(tmp_path / "config")}  # no trusted keys but --key's
@@ -175,7 +175,10 @@ def test_smsctl_start_and_cutover_of_a_recorded_instance(
                    "--bind", f"{lab.work}/resolv.conf:/etc/resolv.conf", "--node-exec", node_exec,
                    "--key", str(key), env=env)
         assert r.returncode == 0, r.stderr
-        assert json.loads(record.read_text())["sif"] == str(good)
+        started = json.loads(record.read_text())
+        # What runs is the checked private copy, not the path given (issue 10 item 11).
+        assert started["source"] == str(good) and Path(started["sif"]).parent == (tmp_path / "state/images").resolve()
+        assert Path(started["sif"]).read_bytes() == good.read_bytes()
         r = smsctl(lab, project, "status", "--json", env=env)
         (status,) = json.loads(r.stdout)
         assert status["running"] and status["release"] == "3.5" and "MiB" in status["overlay_use"], r.stdout
@@ -193,7 +196,7 @@ def test_smsctl_start_and_cutover_of_a_recorded_instance(
         assert r.returncode == 1, r.stdout + r.stderr
         assert "chrony" in r.stderr and "rolled back to good.sif, which answers again" in r.stderr, r.stderr
         assert json.loads(report.read_text())["rolled_back"]
-        assert json.loads(record.read_text())["sif"] == str(good)
+        assert json.loads(record.read_text())["sif"] == started["sif"]
 
         r = smsctl(lab, project, "cutover", "--name", name, "--to", str(good), "--key", str(key),
                    "--json", str(report), env=env)
@@ -206,7 +209,7 @@ def test_smsctl_start_and_cutover_of_a_recorded_instance(
         assert needing_more and not kinds & needing_more  # a job is running: no test jobs, no lab hosts
         assert finished_ok(lab, job, "during-smsctl") == ""
         history = json.loads(record.read_text())["history"]
-        assert [Path(h["sif"]).name for h in history] == ["good.sif", "bad.sif"]
+        assert [Path(h["source"]).name for h in history] == ["good.sif", "bad.sif"]
 
         r = smsctl(lab, project, "stop", "--name", name, env=env)
         assert r.returncode == 0 and not lab.sms_pids(), r.stderr

@@ -1,0 +1,145 @@
+"""Start exactly what was checked: a private, read-only copy of the image, made before the check.
+
+``smsctl start`` and ``cutover`` check a SIF's signature and start it later (a
+cutover: after the old instance stopped). Checked and started by the path the
+admin gave, the file could be replaced in between by anyone who can write it or
+its folder. So the image is copied first into a folder only root can enter
+(``$SMS_STATE_DIR/images``, 0700), as ``<sha256>.sif``, mode 0444, created
+exclusively; that copy is checked and started, and the instance record names
+it (and the path it came from).
+
+Not a hard link: a link shares the inode, so whoever could write the original
+could still change what runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from sms_services.apptainer import Apptainer
+from sms_services.errors import UserError
+from sms_services.trust.signing import Signer, Trust, check
+
+NAME_LEN = 64 + len(".sif")
+
+
+def private_folder(folder: Path) -> None:
+    """``folder`` exists, is a real folder owned by this user and nobody else may enter it."""
+    missing = [p for p in [folder, *folder.parents] if not os.path.lexists(p)]
+    for p in reversed(missing):
+        try:
+            p.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise UserError(f"{p}: cannot make the folder for checked images ({err.strerror})") from None
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{folder}: not a folder (a link or a file); checked images are kept only in a "
+                        "folder smsctl made: remove it")
+    if st.st_uid != os.geteuid():
+        raise UserError(f"{folder}: owned by uid {st.st_uid}, not by this user; checked images are kept only "
+                        "in a folder nobody else controls: remove it")
+    if st.st_mode & 0o077:
+        os.chmod(folder, 0o700, follow_symlinks=False)
+
+
+def pin(sif: Path, folder: Path) -> tuple[Path, bool]:
+    """A private read-only copy of ``sif`` in ``folder``: (its path, whether this call made it).
+
+    Read once through one descriptor, hashed while copied, so its name is the
+    sha256 of exactly the bytes it holds.
+    """
+    private_folder(folder)
+    try:
+        src = os.open(sif, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as err:
+        raise UserError(f"{sif}: cannot read the image ({err.strerror})") from None
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    tmp = f".incoming.{os.getpid()}.{secrets.token_hex(6)}"
+    made = False
+    try:
+        if not stat.S_ISREG(os.fstat(src).st_mode):
+            raise UserError(f"{sif}: not a regular file")
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400, dir_fd=dir_fd)
+        h = hashlib.sha256()
+        try:
+            while chunk := os.read(src, 1 << 20):
+                h.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+            os.fchmod(out, 0o444)
+            os.fsync(out)
+        except OSError as err:
+            raise UserError(f"{folder}: cannot copy {sif} there ({err.strerror}); free space "
+                            "or set $SMS_STATE_DIR") from None
+        finally:
+            os.close(out)
+        name = f"{h.hexdigest()}.sif"
+        try:
+            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            made = True
+        except FileExistsError:
+            if not _same(dir_fd, name, h.hexdigest()):  # (only root can write here: a damaged disk)
+                os.unlink(name, dir_fd=dir_fd)
+                os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                made = True
+        os.fsync(dir_fd)
+        return folder.resolve() / name, made
+    finally:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        os.close(dir_fd)
+        os.close(src)
+
+
+def _same(dir_fd: int, name: str, sha: str) -> bool:
+    """An earlier copy of the same image, intact and still read-only."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o777 != 0o444:
+            return False
+        h = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+        return h.hexdigest() == sha
+    finally:
+        os.close(fd)
+
+
+def unpin(path: Path, folder: Path) -> None:
+    """Remove a copy ``pin`` made that was then refused (never anything outside ``folder``)."""
+    if path.parent == folder.resolve() and len(path.name) == NAME_LEN:
+        path.unlink(missing_ok=True)
+
+
+def checked_copy(apptainer: Apptainer, sif: Path, trust: Trust, folder: Path,
+                 warn: Callable[[str], None] = lambda s: None) -> tuple[Path, Signer | None, bool]:
+    """Pin ``sif``, then check the copy: (the copy to start, its signer, whether this call made it).
+
+    A refused copy is removed again. Messages name ``sif``, the file the admin gave.
+    """
+    copy, made = pin(sif, folder)
+    try:
+        signer = check(apptainer, copy, trust, warn=lambda s: warn(s.replace(str(copy), str(sif))))
+    except UserError as err:
+        if made:
+            unpin(copy, folder)
+        raise UserError(str(err).replace(str(copy), str(sif)), exit_code=err.exit_code) from None
+    except BaseException:
+        if made:
+            unpin(copy, folder)
+        raise
+    return copy, signer, made

@@ -1,0 +1,97 @@
+"""Start exactly what was checked: the private copy `start` and `cutover` check and start (no root)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from sifmaker import SIGNED, FakeApptainer
+from sifmaker import write_sif as make_sif
+
+from sms_services.cli import main as cli
+from sms_services.errors import UserError
+from sms_services.runtime import deploy
+from sms_services.runtime.pin import checked_copy, pin
+from sms_services.trust.keys import create_keypair
+from sms_services.trust.signing import Trust
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_copy_is_private_read_only_and_named_by_its_content(tmp_path: Path) -> None:
+    sif = make_sif(tmp_path / "image.sif", SIGNED)
+    folder = tmp_path / "state" / "images"
+    copy, made = pin(sif, folder)
+    assert made and copy.parent == folder.resolve()
+    assert copy.name == hashlib.sha256(sif.read_bytes()).hexdigest() + ".sif"
+    assert copy.stat().st_mode & 0o777 == 0o444 and folder.stat().st_mode & 0o777 == 0o700
+    assert copy.read_bytes() == sif.read_bytes() and copy.stat().st_ino != sif.stat().st_ino  # a copy, not a link
+    assert pin(sif, folder) == (copy, False)  # the same image again: the same copy, kept
+    assert [p.name for p in folder.iterdir()] == [copy.name]  # no temporary file left
+
+
+def test_a_planted_link_or_changed_copy_is_not_used(tmp_path: Path) -> None:
+    sif = make_sif(tmp_path / "image.sif", SIGNED)
+    folder = tmp_path / "images"
+    folder.mkdir(mode=0o700)
+    name = hashlib.sha256(sif.read_bytes()).hexdigest() + ".sif"
+    other = tmp_path / "other.sif"
+    other.write_bytes(b"not the image")
+    (folder / name).symlink_to(other)
+    copy, made = pin(sif, folder)
+    assert made and not copy.is_symlink() and copy.read_bytes() == sif.read_bytes()
+    assert other.read_bytes() == b"not the image"  # written through nothing
+    link = tmp_path / "linked-images"
+    link.symlink_to(folder)
+    with pytest.raises(UserError, match="linked-images: not a folder"):
+        pin(sif, link)
+
+
+def test_a_refused_copy_is_removed_and_the_message_names_the_given_file(tmp_path: Path) -> None:
+    sif = make_sif(tmp_path / "image.sif", SIGNED)
+    pub = create_keypair(tmp_path / "site").public
+    app = FakeApptainer(lambda a: "Failed to verify container: integrity: object 2: object not signed")
+    with pytest.raises(UserError) as err:
+        checked_copy(app, sif, Trust([pub]), tmp_path / "images")  # type: ignore[arg-type]
+    assert str(err.value).startswith(f"{sif}: ") and "object 2: object not signed" in str(err.value)
+    assert list((tmp_path / "images").iterdir()) == []
+
+
+def test_start_starts_the_checked_copy_even_if_the_file_is_swapped_after_the_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Issue 10 item 11: the old code checked and started one path, so a swap in between ran."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("SMS_STATE_DIR", str(state))
+    monkeypatch.setenv("SMS_CONFIG_DIR", str(tmp_path / "config"))
+    sif = make_sif(tmp_path / "image.sif", SIGNED)
+    checked = sif.read_bytes()
+    key = create_keypair(tmp_path / "site")
+
+    def verdict(args: list[str]) -> str:
+        sif.write_bytes(b"swapped after the check")  # the attacker's moment
+        return ""
+
+    app = FakeApptainer(verdict)
+    started: list[Path] = []
+    monkeypatch.setattr("sms_services.apptainer.Apptainer.find", classmethod(lambda cls: app))
+    app.labels = lambda image: {"sms-services.release": "3.5"}  # type: ignore[attr-defined]
+    monkeypatch.setattr(deploy, "is_bridge", lambda name: True)
+    monkeypatch.setattr(deploy, "instance_pids", lambda apptainer, name: [])
+    monkeypatch.setattr(deploy, "cni_dir", lambda: tmp_path / "cni")
+    monkeypatch.setattr(deploy, "start_instance", lambda apptainer, image, *a, **kw: started.append(image))
+    overlay = tmp_path / "overlay.img"
+    overlay.write_bytes(b"")
+    rc = cli.main(["--root", str(ROOT), "start", str(sif), "--name", "sms", "--overlay", str(overlay),
+                   "--site", str(ROOT / "overlays/lab/site.yaml"), "--provision-bridge", "br-p",
+                   "--public-bridge", "br-u", "--key", str(key.public)])
+    assert rc == 0, capsys.readouterr().err
+    (image,) = started
+    assert image.parent == (state / "images").resolve() and image.read_bytes() == checked
+    verified = [c[-1] for c in app.calls if c[0] == "verify"]
+    assert verified == [str(image)]  # what was checked is what started
+    record = json.loads((state / "instances/sms.json").read_text())
+    assert record["sif"] == str(image) and record["source"] == str(sif)
+    assert os.stat(image).st_mode & 0o777 == 0o444
