@@ -1,9 +1,11 @@
 """The image's wwclient against the Warewulf stand-in, over real HTTP on 127.0.0.1.
 
 Each test runs the real program (as a subprocess, as supervisord would) with
---once into a temp root, for each of the three protocols: ww4-provision (4.5+),
-ww4-overlay-runtime (4.4) and ww3.  Owner checks need root; everything else runs
-unprivileged in a few seconds.
+--once into a temp root, for each protocol: ww4-provision (/provision/<wwid>?
+stage=runtime, Warewulf 4.6 here), ww4-overlay-runtime (/overlay-runtime/<wwid>),
+ww4-runtime-tls (https /runtime/<wwid>, Warewulf 4.7 with tls on) and ww3.  The
+stand-in answers as the real servers do (see sms_services/lab/wwserver.py).  Owner
+checks need root; everything else runs unprivileged in a few seconds.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from sms_services.lab.wwserver import FileSpec, WarewulfStandIn, newc_archive
 # The image runs the client with its own python3 (3.9 on EL8 .. 3.13): WWCLIENT_PYTHON picks one.
 PYTHON = os.environ.get("WWCLIENT_PYTHON", sys.executable)
 CLIENT = Path(__file__).parent / "files/usr/libexec/sms-services/wwclient/sms-wwclient"
-PROTOCOLS = ["ww4-provision", "ww4-overlay-runtime", "ww3"]
+PROTOCOLS = ["ww4-provision", "ww4-overlay-runtime", "ww4-runtime-tls", "ww3"]
+WW4 = [p for p in PROTOCOLS if p != "ww3"]
 WWID = "02:00:c6:12:00:02"
 IS_ROOT = os.geteuid() == 0
 KEY_OWNER = (202, 202) if IS_ROOT else (os.getuid(), os.getgid())
@@ -86,14 +89,29 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     return root, state
 
 
+def client_port(server: WarewulfStandIn) -> int:
+    return server.tls_port if server.protocol == "ww4-runtime-tls" else server.port
+
+
 def run(server: WarewulfStandIn, dirs: tuple[Path, Path], *extra: str, wwid: str = WWID,
-        secure: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+        secure: bool = False, env: dict | None = None, protocol: str | None = None,
+        host: str = "127.0.0.1") -> subprocess.CompletedProcess:
     root, state = dirs
-    cmd = [PYTHON, str(CLIENT), "--once", "--server", "127.0.0.1", "--port", str(server.port),
-           "--wwid", wwid, "--protocol", server.protocol,
+    protocol = protocol or server.protocol
+    port = server.tls_port if protocol == "ww4-runtime-tls" else server.port
+    ca = ["--ca", str(server.ca_file)] if protocol == "ww4-runtime-tls" and "--ca" not in extra else []
+    cmd = [PYTHON, str(CLIENT), "--once", "--server", host, "--port", str(port),
+           "--wwid", wwid, "--protocol", protocol,
            "--root", str(root), "--state", str(state),
-           "--timeout", "5", "--secure" if secure else "--no-secure", *extra]
+           "--timeout", "5", "--secure" if secure else "--no-secure", *ca, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env or clean_env())
+
+
+def change(server: WarewulfStandIn, path: str, content: bytes, **kw) -> None:
+    """Change a file on SMS-mgmt as an admin does: edit it, then (Warewulf 4) `wwctl overlay build`."""
+    server.set_file(path, content, **kw)
+    if server.protocol != "ww3":
+        server.overlay_build()
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -114,7 +132,7 @@ def no_temp_files(*trees: Path) -> None:
 
 @pytest.fixture(params=PROTOCOLS)
 def server(request):
-    with WarewulfStandIn(overlay(), request.param, nodes={WWID: True}) as s:
+    with WarewulfStandIn(overlay(), request.param, nodes=[WWID]) as s:
         yield s
 
 
@@ -123,7 +141,7 @@ def test_files_arrive_with_content_mode_mtime(server, dirs):
     root, state = dirs
     r = run(server, dirs)
     assert r.returncode == 0, r.stdout + r.stderr
-    where = f"127.0.0.1:{server.port}"
+    where = f"127.0.0.1:{client_port(server)}"
     assert f"wwclient: synced 5 files (5 changed) from {where} via {server.protocol}" in r.stdout
     for path, spec in overlay().items():
         p = root / path
@@ -147,7 +165,7 @@ def test_changed_file_arrives_and_unchanged_files_are_not_rewritten(server, dirs
     root, state = dirs
     assert run(server, dirs).returncode == 0
     before = snapshot(root)
-    server.set_file("etc/slurm/slurm.conf", b"ClusterName=lab\nSlurmctldHost=sms2\n", mode=0o640)
+    change(server, "etc/slurm/slurm.conf", b"ClusterName=lab\nSlurmctldHost=sms2\n", mode=0o640)
     r = run(server, dirs)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "(1 changed)" in r.stdout
@@ -171,7 +189,7 @@ def test_server_down_keeps_last_good_copy(server, dirs):
     server.stop()
     r = run(server, dirs)
     assert r.returncode != 0
-    assert f"wwclient: SMS-mgmt 127.0.0.1:{server.port} unreachable (" in r.stdout
+    assert f"wwclient: SMS-mgmt 127.0.0.1:{client_port(server)} unreachable (" in r.stdout
     assert "keeping last good copy" in r.stdout and len(r.stdout.splitlines()) == 1
     assert snapshot(root) == before
     status = json.loads((state / "status.json").read_text())
@@ -192,7 +210,7 @@ def test_bad_answer_writes_nothing(server, dirs, fault):
     server.fault = None
     assert run(server, dirs).returncode == 0
     before = snapshot(root)
-    server.set_file("etc/passwd", b"root:x:0:0::/:/bin/false\n")
+    change(server, "etc/passwd", b"root:x:0:0::/:/bin/false\n")
     server.fault = fault
     assert run(server, dirs).returncode != 0
     assert snapshot(root) == before
@@ -242,13 +260,18 @@ def test_parser_rejects_absolute_and_dotdot_names():
 
 # ------------------------------------------------------------------ refusals
 def test_unknown_wwid_fails_clearly(server, dirs):
+    """Warewulf 4.4-4.7 answer an unknown node 400 (no resource selected), Warewulf 3 404."""
     r = run(server, dirs, wwid="02:00:c6:12:00:99")
     assert r.returncode != 0
-    assert "HTTP 404" in r.stdout and "02:00:c6:12:00:99" in r.stdout
+    if server.protocol == "ww3":
+        assert "HTTP 404" in r.stdout and "wwsh node list" in r.stdout
+    else:
+        assert "HTTP 400" in r.stdout and "wwctl node add NAME --hwaddr 02:00:c6:12:00:99" in r.stdout
+    assert "02:00:c6:12:00:99" in r.stdout
     assert list(dirs[0].iterdir()) == []
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("protocol", WW4)
 def test_secure_server_rejects_unprivileged_source_port(protocol, dirs):
     with WarewulfStandIn(overlay(), protocol, secure=True) as server:
         r = run(server, dirs, secure=False)
@@ -259,7 +282,7 @@ def test_secure_server_rejects_unprivileged_source_port(protocol, dirs):
 
 
 @pytest.mark.skipif(not can_bind_low_port(), reason="needs root or CAP_NET_BIND_SERVICE")
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("protocol", WW4)
 def test_secure_client_is_accepted(protocol, dirs):
     with WarewulfStandIn(overlay(), protocol, secure=True) as server:
         for _ in range(2):  # twice: the second must cope with the first's TIME_WAIT
@@ -269,7 +292,7 @@ def test_secure_client_is_accepted(protocol, dirs):
         assert (dirs[0] / "etc/munge/munge.key").exists()
 
 
-@pytest.mark.parametrize("protocol", ["ww4-provision", "ww4-overlay-runtime"])
+@pytest.mark.parametrize("protocol", WW4)
 def test_asset_key(protocol, dirs):
     with WarewulfStandIn(overlay(), protocol, assetkey="rack_7") as server:
         r = run(server, dirs, "--assetkey", "rack 8")
@@ -280,7 +303,7 @@ def test_asset_key(protocol, dirs):
 # ------------------------------------------------------------------ ww3 specifics
 def test_ww3_remembers_timestamp_and_resyncs_lost_files(dirs):
     root = dirs[0]
-    with WarewulfStandIn(overlay(), "ww3", nodes={WWID: True}) as server:
+    with WarewulfStandIn(overlay(), "ww3", nodes=[WWID]) as server:
         assert run(server, dirs).returncode == 0
         r = run(server, dirs)
         assert "synced 0 files" in r.stdout
@@ -355,7 +378,7 @@ def test_settings_from_environment_and_release_env(dirs, tmp_path):
     release_env = tmp_path / "release.env"
     release_env.write_text("SMS_RELEASE='3.5'\nSMS_RELEASE_WWCLIENT_PROTOCOL=ww4-provision\n")
     root, state = dirs
-    with WarewulfStandIn(overlay(), "ww4-provision", nodes={WWID: True}) as server:
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID]) as server:
         env = {**clean_env(), "SMS_WWCLIENT_SERVER": "127.0.0.1",
                "SMS_WWCLIENT_PORT": str(server.port), "SMS_WWCLIENT_WWID": WWID,
                "SMS_WWCLIENT_SECURE": "false", "SMS_WWCLIENT_PROTOCOL": ""}
@@ -406,11 +429,11 @@ def stop_within(proc: subprocess.Popen, seconds: float) -> float:
 
 
 def test_daemon_sighup_syncs_now_and_sigterm_exits_within_1s(dirs):
-    with WarewulfStandIn(overlay(), "ww4-provision", nodes={WWID: True}) as server:
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID]) as server:
         proc, lines = start_daemon(server.port, dirs)
         try:
             wait_line(lines, "synced 5 files (5 changed)")
-            server.set_file("etc/group", b"root:x:0:\n")
+            change(server, "etc/group", b"root:x:0:\n")
             proc.send_signal(signal.SIGHUP)
             wait_line(lines, "synced 5 files (1 changed)", timeout=5)
             assert (dirs[0] / "etc/group").read_bytes() == b"root:x:0:\n"
