@@ -10,6 +10,7 @@ checks need root; everything else runs unprivileged in a few seconds.
 from __future__ import annotations
 
 import gzip
+import http.client
 import importlib.machinery
 import importlib.util
 import json
@@ -461,3 +462,186 @@ def test_sigterm_during_a_hanging_request_exits_within_1s(dirs):
             proc.kill()
             proc.wait()
     no_temp_files(*dirs)
+
+
+# ------------------------------------------------------------------ as the real servers answer
+def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_ww3_postgresql_fractional_timestamps_are_sent_back_unchanged(dirs):
+    """Warewulf 3 on PostgreSQL lists EXTRACT(EPOCH ...) timestamps with a fraction."""
+    files = overlay()
+    files["etc/slurm/slurm.conf"].mtime = T0 + 4.25
+    files["etc/slurm/current.conf"].mtime = T0 + 5.123456
+    with WarewulfStandIn(files, "ww3", nodes=[WWID], ww3_db="postgresql") as server:
+        assert server.ww3_list(0).decode().splitlines()[-1].split()[5] == "%d.123456" % (T0 + 5)
+        r = run(server, dirs)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "synced 5 files (5 changed)" in r.stdout
+        assert int((dirs[0] / "etc/slurm/slurm.conf").stat().st_mtime) == T0 + 4
+        r = run(server, dirs)
+        assert r.returncode == 0 and "synced 0 files" in r.stdout
+        assert server.requests[-1][0].endswith("&timestamp=%d.123456" % (T0 + 5))
+        change(server, "etc/group", b"root:x:0:\n")
+        r = run(server, dirs)
+        assert r.returncode == 0 and "synced 1 files (1 changed)" in r.stdout
+        assert (dirs[0] / "etc/group").read_bytes() == b"root:x:0:\n"
+        stamp = server.ww3_stamp(server.files["etc/group"])
+        assert "." in stamp
+        assert json.loads((dirs[1] / "ww3-state.json").read_text())["timestamp"] == stamp
+
+
+def test_ww3_hardware_address_is_normalised(dirs):
+    """file.pl takes only [a-zA-Z0-9:]; wwsh stores lower case, PostgreSQL compares exactly."""
+    with WarewulfStandIn(overlay(), "ww3", nodes=[WWID], ww3_db="postgresql") as server:
+        assert http_get(server.port, "/WW/file?hwaddr=02-00-c6-12-00-02")[0] == 404
+        assert http_get(server.port, "/WW/file?hwaddr=02:00:C6:12:00:02")[0] == 404
+        r = run(server, dirs, wwid="02-00-C6-12-00-02")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert all(f"hwaddr={WWID}&" in path for path, _, _ in server.requests[2:])
+
+
+def test_ww3_has_no_source_port_check(dirs):
+    """Warewulf 3 checks no port: the stand-in cannot pretend to, the client binds none."""
+    with pytest.raises(ValueError, match="no secure mode"):
+        WarewulfStandIn(overlay(), "ww3", secure=True)
+    with WarewulfStandIn(overlay(), "ww3", nodes=[WWID]) as server:
+        r = run(server, dirs, secure=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert all(port >= 1024 for _, port, _ in server.requests)
+
+
+def test_ww4_known_node_without_image_gets_404_and_the_build_hint(dirs):
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID]) as server:
+        server.broken_overlay = True
+        r = run(server, dirs)
+    assert r.returncode != 0
+    assert "HTTP 404" in r.stdout and "wwctl overlay build" in r.stdout
+    assert list(dirs[0].iterdir()) == []
+
+
+def test_ww4_discoverable_node_is_claimed_by_our_address(dirs):
+    """Why the README warns: an unregistered SMS-services takes over a discoverable node."""
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[], discoverable=True) as server:
+        r = run(server, dirs)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert server.claimed == [WWID] and not server.discoverable
+        assert run(server, dirs, wwid="02:00:c6:12:00:99").returncode != 0  # taken once only
+
+
+@pytest.mark.parametrize("warewulf", ["4.4", "4.6", "4.7"])
+def test_ww4_routes_and_compression(warewulf):
+    """Every 4.x answers /provision/?stage=runtime and /overlay-runtime/, 4.7 also /runtime/;
+    each sends the image plain unless asked for compress=gz."""
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID], warewulf=warewulf) as server:
+        for route in ("/provision/%s?stage=runtime", "/overlay-runtime/%s", "/runtime/%s"):
+            status, plain = http_get(server.port, route % WWID)
+            if route.startswith("/runtime/") and warewulf != "4.7":
+                assert status == 404
+                continue
+            assert status == 200 and plain[:6] == b"070701"
+            sep = "&" if "?" in route else "?"
+            status, packed = http_get(server.port, route % WWID + sep + "compress=gz")
+            assert status == 200 and gzip.decompress(packed) == plain
+        assert http_get(server.port, "/provision/%s?stage=runtime&compress=xz" % WWID)[0] == 404
+        assert http_get(server.port, "/overlay-runtime/02:00:c6:12:00:99")[0] == 400
+
+
+def test_ww4_client_asks_for_gzip_on_every_route(dirs):
+    with WarewulfStandIn(overlay(), "ww4-overlay-runtime", nodes=[WWID]) as server:
+        assert run(server, dirs).returncode == 0
+        path = server.requests[-1][0]
+    assert path.startswith(f"/overlay-runtime/{WWID}?") and "compress=gz" in path
+
+
+@pytest.mark.parametrize("protocol", ["ww4-provision", "ww4-overlay-runtime"])
+def test_ww4_tls_server_refuses_plain_http_with_403_and_the_hint(protocol, dirs):
+    with WarewulfStandIn(overlay(), "ww4-runtime-tls", nodes=[WWID]) as server:
+        r = run(server, dirs, protocol=protocol)
+    assert r.returncode != 0
+    assert "HTTP 403" in r.stdout and "ww4-runtime-tls" in r.stdout
+    assert list(dirs[0].iterdir()) == []
+
+
+def test_ww4_tls_refuses_a_certificate_it_was_not_given(dirs, tmp_path):
+    """wwclient 4.7 trusts only the server's certificate; so do we."""
+    with WarewulfStandIn(overlay(), "ww4-runtime-tls", nodes=[WWID]) as server, \
+            WarewulfStandIn(overlay(), "ww4-runtime-tls") as other:
+        r = run(server, dirs, "--ca", str(other.ca_file))
+        assert r.returncode != 0
+        assert "certificate is not the one trusted here" in r.stdout
+        assert not [p for p, _, _ in server.requests]
+    assert list(dirs[0].iterdir()) == []
+
+
+@pytest.mark.parametrize("ca,needle", [(None, "needs SMS-mgmt's certificate"),
+                                       ("missing.crt", "No such file"),
+                                       ("garbage.crt", "certificate")])
+def test_ww4_tls_settings(tmp_path, ca, needle):
+    (tmp_path / "garbage.crt").write_text("not a certificate\n")
+    args = ["--ca", str(tmp_path / ca)] if ca else []
+    r = subprocess.run([PYTHON, str(CLIENT), "--once", "--server", "h", "--wwid", WWID,
+                        "--protocol", "ww4-runtime-tls", "--state", str(tmp_path), *args],
+                       capture_output=True, text=True, env=clean_env(), timeout=30)
+    assert r.returncode == 2
+    assert needle in r.stderr and len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("warewulf", ["4.4", "4.6", "4.7"])
+def test_ww4_ipv6_fails_on_4_4_to_4_6_with_a_clear_hint(warewulf, dirs):
+    with WarewulfStandIn(overlay(), "ww4-provision", host="::1", nodes=[WWID],
+                         warewulf=warewulf) as server:
+        r = run(server, dirs, host="::1")
+    if warewulf == "4.7":
+        assert r.returncode == 0, r.stdout + r.stderr
+    else:
+        assert r.returncode != 0
+        assert "HTTP 400" in r.stdout and "IPv6" in r.stdout and "wwctl node add" not in r.stdout
+
+
+def test_ww4_6_serves_the_image_built_until_nodes_conf_or_overlay_build(dirs):
+    """The real lag: 4.5+ rebuild a runtime image only when it is missing or nodes.conf is
+    newer, so a changed file waits for `wwctl overlay build` (or any `wwctl node set`)."""
+    root = dirs[0]
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID], warewulf="4.6") as server:
+        assert run(server, dirs).returncode == 0
+        server.set_file("etc/group", b"root:x:0:\n")
+        r = run(server, dirs)
+        assert r.returncode == 0 and "(0 changed)" in r.stdout
+        assert (root / "etc/group").read_bytes() != b"root:x:0:\n"
+        time.sleep(0.02)  # past the filesystem's timestamp tick
+        server.touch_nodes_conf()
+        r = run(server, dirs)
+        assert r.returncode == 0 and "(1 changed)" in r.stdout
+        assert (root / "etc/group").read_bytes() == b"root:x:0:\n"
+        server.set_file("etc/passwd", b"root:x:0:0::/:/bin/sh\n")
+        assert "(0 changed)" in run(server, dirs).stdout
+        server.overlay_build()
+        assert "(1 changed)" in run(server, dirs).stdout
+
+
+def test_ww4_4_rebuilds_when_an_overlay_file_changed(dirs):
+    """4.4 also compared the overlay's own files with the image (autobuild)."""
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID], warewulf="4.4") as server:
+        assert run(server, dirs).returncode == 0
+        time.sleep(0.02)
+        server.set_file("etc/group", b"root:x:0:\n")
+        r = run(server, dirs)
+        assert r.returncode == 0 and "(1 changed)" in r.stdout
