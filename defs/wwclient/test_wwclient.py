@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from sms_services.lab.wwserver import FileSpec, WarewulfStandIn, newc_archive
+from sms_services.lab.wwserver import FileSpec, WarewulfStandIn, newc_archive, overlay_build
 
 # The image runs the client with its own python3 (3.9 on EL8 .. 3.13): WWCLIENT_PYTHON picks one.
 PYTHON = os.environ.get("WWCLIENT_PYTHON", sys.executable)
@@ -645,3 +645,33 @@ def test_ww4_4_rebuilds_when_an_overlay_file_changed(dirs):
         server.set_file("etc/group", b"root:x:0:\n")
         r = run(server, dirs)
         assert r.returncode == 0 and "(1 changed)" in r.stdout
+
+
+def test_lab_standin_process_serves_what_overlay_build_wrote(dirs, tmp_path):
+    """The lab's way (lab/cluster.py): the stand-in as a process answering as 4.6 does, the
+    admin's `wwctl overlay build` done with wwserver.overlay_build into its --image-dir."""
+    tree, images = tmp_path / "mgmt", tmp_path / "mgmt-provision"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/passwd").write_bytes(b"root:x:0:0::/root:/bin/sh\n")
+    overlay_build(tree, images)
+    proc = subprocess.Popen([sys.executable, "-m", "sms_services.lab.wwserver", "--dir", str(tree),
+                             "--image-dir", str(images), "--warewulf", "4.6", "--port", "0",
+                             "--bind", "127.0.0.1", "--wwid", WWID],
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    try:
+        port = int(proc.stdout.readline().split(":")[-1])
+
+        class Port:  # what run() needs of a stand-in
+            protocol, tls_port, ca_file = "ww4-provision", 0, None
+        Port.port = port
+        assert run(Port, dirs).returncode == 0
+        (tree / "etc/passwd").write_bytes(b"root:x:0:0::/root:/bin/sh\nalice:x:2001:2001::/:/bin/sh\n")
+        assert b"alice" not in (dirs[0] / "etc/passwd").read_bytes()
+        assert "(0 changed)" in run(Port, dirs).stdout  # 4.6 serves the image it has
+        overlay_build(tree, images)
+        r = run(Port, dirs)
+        assert "(1 changed)" in r.stdout, r.stdout + r.stderr
+        assert b"alice" in (dirs[0] / "etc/passwd").read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(10)
