@@ -270,6 +270,14 @@ class WarewulfStandIn:
         if not self.nodes_conf.exists():
             self.nodes_conf.write_text("nodes: {}\n")
         self._source_changed = 0  # ctime_ns stand-in for a dict of files (4.4's autobuild)
+        try:
+            self._listen(host, port, tls, tls_port, tls_dir)
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+
+    def _listen(self, host: str, port: int, tls: bool, tls_port: int,
+                tls_dir: str | Path | None) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_cls = type("_Server", (ThreadingHTTPServer,),
                           {"address_family": family, "daemon_threads": True,
