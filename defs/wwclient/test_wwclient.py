@@ -1,13 +1,16 @@
 """The image's wwclient against the Warewulf stand-in, over real HTTP on 127.0.0.1.
 
 Each test runs the real program (as a subprocess, as supervisord would) with
---once into a temp root, for each of the three protocols: ww4-provision (4.5+),
-ww4-overlay-runtime (4.4) and ww3.  Owner checks need root; everything else runs
-unprivileged in a few seconds.
+--once into a temp root, for each protocol: ww4-provision (/provision/<wwid>?
+stage=runtime, Warewulf 4.6 here), ww4-overlay-runtime (/overlay-runtime/<wwid>),
+ww4-runtime-tls (https /runtime/<wwid>, Warewulf 4.7 with tls on) and ww3.  The
+stand-in answers as the real servers do (see sms_services/lab/wwserver.py).  Owner
+checks need root; everything else runs unprivileged in a few seconds.
 """
 from __future__ import annotations
 
 import gzip
+import http.client
 import importlib.machinery
 import importlib.util
 import json
@@ -25,12 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from sms_services.lab.wwserver import FileSpec, WarewulfStandIn, newc_archive
+from sms_services.lab.wwserver import FileSpec, WarewulfStandIn, newc_archive, overlay_build
 
 # The image runs the client with its own python3 (3.9 on EL8 .. 3.13): WWCLIENT_PYTHON picks one.
 PYTHON = os.environ.get("WWCLIENT_PYTHON", sys.executable)
 CLIENT = Path(__file__).parent / "files/usr/libexec/sms-services/wwclient/sms-wwclient"
-PROTOCOLS = ["ww4-provision", "ww4-overlay-runtime", "ww3"]
+PROTOCOLS = ["ww4-provision", "ww4-overlay-runtime", "ww4-runtime-tls", "ww3"]
+WW4 = [p for p in PROTOCOLS if p != "ww3"]
 WWID = "02:00:c6:12:00:02"
 IS_ROOT = os.geteuid() == 0
 KEY_OWNER = (202, 202) if IS_ROOT else (os.getuid(), os.getgid())
@@ -86,14 +90,29 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     return root, state
 
 
+def client_port(server: WarewulfStandIn) -> int:
+    return server.tls_port if server.protocol == "ww4-runtime-tls" else server.port
+
+
 def run(server: WarewulfStandIn, dirs: tuple[Path, Path], *extra: str, wwid: str = WWID,
-        secure: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+        secure: bool = False, env: dict | None = None, protocol: str | None = None,
+        host: str = "127.0.0.1") -> subprocess.CompletedProcess:
     root, state = dirs
-    cmd = [PYTHON, str(CLIENT), "--once", "--server", "127.0.0.1", "--port", str(server.port),
-           "--wwid", wwid, "--protocol", server.protocol,
+    protocol = protocol or server.protocol
+    port = server.tls_port if protocol == "ww4-runtime-tls" else server.port
+    ca = ["--ca", str(server.ca_file)] if protocol == "ww4-runtime-tls" and "--ca" not in extra else []
+    cmd = [PYTHON, str(CLIENT), "--once", "--server", host, "--port", str(port),
+           "--wwid", wwid, "--protocol", protocol,
            "--root", str(root), "--state", str(state),
-           "--timeout", "5", "--secure" if secure else "--no-secure", *extra]
+           "--timeout", "5", "--secure" if secure else "--no-secure", *ca, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env or clean_env())
+
+
+def change(server: WarewulfStandIn, path: str, content: bytes, **kw) -> None:
+    """Change a file on SMS-mgmt as an admin does: edit it, then (Warewulf 4) `wwctl overlay build`."""
+    server.set_file(path, content, **kw)
+    if server.protocol != "ww3":
+        server.overlay_build()
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -114,7 +133,7 @@ def no_temp_files(*trees: Path) -> None:
 
 @pytest.fixture(params=PROTOCOLS)
 def server(request):
-    with WarewulfStandIn(overlay(), request.param, nodes={WWID: True}) as s:
+    with WarewulfStandIn(overlay(), request.param, nodes=[WWID]) as s:
         yield s
 
 
@@ -123,7 +142,7 @@ def test_files_arrive_with_content_mode_mtime(server, dirs):
     root, state = dirs
     r = run(server, dirs)
     assert r.returncode == 0, r.stdout + r.stderr
-    where = f"127.0.0.1:{server.port}"
+    where = f"127.0.0.1:{client_port(server)}"
     assert f"wwclient: synced 5 files (5 changed) from {where} via {server.protocol}" in r.stdout
     for path, spec in overlay().items():
         p = root / path
@@ -147,7 +166,7 @@ def test_changed_file_arrives_and_unchanged_files_are_not_rewritten(server, dirs
     root, state = dirs
     assert run(server, dirs).returncode == 0
     before = snapshot(root)
-    server.set_file("etc/slurm/slurm.conf", b"ClusterName=lab\nSlurmctldHost=sms2\n", mode=0o640)
+    change(server, "etc/slurm/slurm.conf", b"ClusterName=lab\nSlurmctldHost=sms2\n", mode=0o640)
     r = run(server, dirs)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "(1 changed)" in r.stdout
@@ -171,7 +190,7 @@ def test_server_down_keeps_last_good_copy(server, dirs):
     server.stop()
     r = run(server, dirs)
     assert r.returncode != 0
-    assert f"wwclient: SMS-mgmt 127.0.0.1:{server.port} unreachable (" in r.stdout
+    assert f"wwclient: SMS-mgmt 127.0.0.1:{client_port(server)} unreachable (" in r.stdout
     assert "keeping last good copy" in r.stdout and len(r.stdout.splitlines()) == 1
     assert snapshot(root) == before
     status = json.loads((state / "status.json").read_text())
@@ -192,7 +211,7 @@ def test_bad_answer_writes_nothing(server, dirs, fault):
     server.fault = None
     assert run(server, dirs).returncode == 0
     before = snapshot(root)
-    server.set_file("etc/passwd", b"root:x:0:0::/:/bin/false\n")
+    change(server, "etc/passwd", b"root:x:0:0::/:/bin/false\n")
     server.fault = fault
     assert run(server, dirs).returncode != 0
     assert snapshot(root) == before
@@ -242,13 +261,18 @@ def test_parser_rejects_absolute_and_dotdot_names():
 
 # ------------------------------------------------------------------ refusals
 def test_unknown_wwid_fails_clearly(server, dirs):
+    """Warewulf 4.4-4.7 answer an unknown node 400 (no resource selected), Warewulf 3 404."""
     r = run(server, dirs, wwid="02:00:c6:12:00:99")
     assert r.returncode != 0
-    assert "HTTP 404" in r.stdout and "02:00:c6:12:00:99" in r.stdout
+    if server.protocol == "ww3":
+        assert "HTTP 404" in r.stdout and "wwsh node list" in r.stdout
+    else:
+        assert "HTTP 400" in r.stdout and "wwctl node add NAME --hwaddr 02:00:c6:12:00:99" in r.stdout
+    assert "02:00:c6:12:00:99" in r.stdout
     assert list(dirs[0].iterdir()) == []
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("protocol", WW4)
 def test_secure_server_rejects_unprivileged_source_port(protocol, dirs):
     with WarewulfStandIn(overlay(), protocol, secure=True) as server:
         r = run(server, dirs, secure=False)
@@ -259,7 +283,7 @@ def test_secure_server_rejects_unprivileged_source_port(protocol, dirs):
 
 
 @pytest.mark.skipif(not can_bind_low_port(), reason="needs root or CAP_NET_BIND_SERVICE")
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("protocol", WW4)
 def test_secure_client_is_accepted(protocol, dirs):
     with WarewulfStandIn(overlay(), protocol, secure=True) as server:
         for _ in range(2):  # twice: the second must cope with the first's TIME_WAIT
@@ -269,7 +293,7 @@ def test_secure_client_is_accepted(protocol, dirs):
         assert (dirs[0] / "etc/munge/munge.key").exists()
 
 
-@pytest.mark.parametrize("protocol", ["ww4-provision", "ww4-overlay-runtime"])
+@pytest.mark.parametrize("protocol", WW4)
 def test_asset_key(protocol, dirs):
     with WarewulfStandIn(overlay(), protocol, assetkey="rack_7") as server:
         r = run(server, dirs, "--assetkey", "rack 8")
@@ -280,7 +304,7 @@ def test_asset_key(protocol, dirs):
 # ------------------------------------------------------------------ ww3 specifics
 def test_ww3_remembers_timestamp_and_resyncs_lost_files(dirs):
     root = dirs[0]
-    with WarewulfStandIn(overlay(), "ww3", nodes={WWID: True}) as server:
+    with WarewulfStandIn(overlay(), "ww3", nodes=[WWID]) as server:
         assert run(server, dirs).returncode == 0
         r = run(server, dirs)
         assert "synced 0 files" in r.stdout
@@ -355,7 +379,7 @@ def test_settings_from_environment_and_release_env(dirs, tmp_path):
     release_env = tmp_path / "release.env"
     release_env.write_text("SMS_RELEASE='3.5'\nSMS_RELEASE_WWCLIENT_PROTOCOL=ww4-provision\n")
     root, state = dirs
-    with WarewulfStandIn(overlay(), "ww4-provision", nodes={WWID: True}) as server:
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID]) as server:
         env = {**clean_env(), "SMS_WWCLIENT_SERVER": "127.0.0.1",
                "SMS_WWCLIENT_PORT": str(server.port), "SMS_WWCLIENT_WWID": WWID,
                "SMS_WWCLIENT_SECURE": "false", "SMS_WWCLIENT_PROTOCOL": ""}
@@ -406,11 +430,11 @@ def stop_within(proc: subprocess.Popen, seconds: float) -> float:
 
 
 def test_daemon_sighup_syncs_now_and_sigterm_exits_within_1s(dirs):
-    with WarewulfStandIn(overlay(), "ww4-provision", nodes={WWID: True}) as server:
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID]) as server:
         proc, lines = start_daemon(server.port, dirs)
         try:
             wait_line(lines, "synced 5 files (5 changed)")
-            server.set_file("etc/group", b"root:x:0:\n")
+            change(server, "etc/group", b"root:x:0:\n")
             proc.send_signal(signal.SIGHUP)
             wait_line(lines, "synced 5 files (1 changed)", timeout=5)
             assert (dirs[0] / "etc/group").read_bytes() == b"root:x:0:\n"
@@ -438,3 +462,216 @@ def test_sigterm_during_a_hanging_request_exits_within_1s(dirs):
             proc.kill()
             proc.wait()
     no_temp_files(*dirs)
+
+
+# ------------------------------------------------------------------ as the real servers answer
+def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_ww3_postgresql_fractional_timestamps_are_sent_back_unchanged(dirs):
+    """Warewulf 3 on PostgreSQL lists EXTRACT(EPOCH ...) timestamps with a fraction."""
+    files = overlay()
+    files["etc/slurm/slurm.conf"].mtime = T0 + 4.25
+    files["etc/slurm/current.conf"].mtime = T0 + 5.123456
+    with WarewulfStandIn(files, "ww3", nodes=[WWID], ww3_db="postgresql") as server:
+        assert server.ww3_list(0).decode().splitlines()[-1].split()[5] == "%d.123456" % (T0 + 5)
+        r = run(server, dirs)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "synced 5 files (5 changed)" in r.stdout
+        assert int((dirs[0] / "etc/slurm/slurm.conf").stat().st_mtime) == T0 + 4
+        r = run(server, dirs)
+        assert r.returncode == 0 and "synced 0 files" in r.stdout
+        assert server.requests[-1][0].endswith("&timestamp=%d.123456" % (T0 + 5))
+        change(server, "etc/group", b"root:x:0:\n")
+        r = run(server, dirs)
+        assert r.returncode == 0 and "synced 1 files (1 changed)" in r.stdout
+        assert (dirs[0] / "etc/group").read_bytes() == b"root:x:0:\n"
+        stamp = server.ww3_stamp(server.files["etc/group"])
+        assert "." in stamp
+        assert json.loads((dirs[1] / "ww3-state.json").read_text())["timestamp"] == stamp
+
+
+def test_ww3_hardware_address_is_normalised(dirs):
+    """file.pl takes only [a-zA-Z0-9:]; wwsh stores lower case, PostgreSQL compares exactly."""
+    with WarewulfStandIn(overlay(), "ww3", nodes=[WWID], ww3_db="postgresql") as server:
+        assert http_get(server.port, "/WW/file?hwaddr=02-00-c6-12-00-02")[0] == 404
+        assert http_get(server.port, "/WW/file?hwaddr=02:00:C6:12:00:02")[0] == 404
+        r = run(server, dirs, wwid="02-00-C6-12-00-02")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert all(f"hwaddr={WWID}&" in path for path, _, _ in server.requests[2:])
+
+
+def test_ww3_has_no_source_port_check(dirs):
+    """Warewulf 3 checks no port: the stand-in cannot pretend to, the client binds none."""
+    with pytest.raises(ValueError, match="no secure mode"):
+        WarewulfStandIn(overlay(), "ww3", secure=True)
+    with WarewulfStandIn(overlay(), "ww3", nodes=[WWID]) as server:
+        r = run(server, dirs, secure=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert all(port >= 1024 for _, port, _ in server.requests)
+
+
+def test_ww4_known_node_without_image_gets_404_and_the_build_hint(dirs):
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID]) as server:
+        server.broken_overlay = True
+        r = run(server, dirs)
+    assert r.returncode != 0
+    assert "HTTP 404" in r.stdout and "wwctl overlay build" in r.stdout
+    assert list(dirs[0].iterdir()) == []
+
+
+def test_ww4_discoverable_node_is_claimed_by_our_address(dirs):
+    """Why the README warns: an unregistered SMS-services takes over a discoverable node."""
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[], discoverable=True) as server:
+        r = run(server, dirs)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert server.claimed == [WWID] and not server.discoverable
+        assert run(server, dirs, wwid="02:00:c6:12:00:99").returncode != 0  # taken once only
+
+
+@pytest.mark.parametrize("warewulf", ["4.4", "4.6", "4.7"])
+def test_ww4_routes_and_compression(warewulf):
+    """Every 4.x answers /provision/?stage=runtime and /overlay-runtime/, 4.7 also /runtime/;
+    each sends the image plain unless asked for compress=gz."""
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID], warewulf=warewulf) as server:
+        for route in ("/provision/%s?stage=runtime", "/overlay-runtime/%s", "/runtime/%s"):
+            status, plain = http_get(server.port, route % WWID)
+            if route.startswith("/runtime/") and warewulf != "4.7":
+                assert status == 404
+                continue
+            assert status == 200 and plain[:6] == b"070701"
+            sep = "&" if "?" in route else "?"
+            status, packed = http_get(server.port, route % WWID + sep + "compress=gz")
+            assert status == 200 and gzip.decompress(packed) == plain
+        assert http_get(server.port, "/provision/%s?stage=runtime&compress=xz" % WWID)[0] == 404
+        assert http_get(server.port, "/overlay-runtime/02:00:c6:12:00:99")[0] == 400
+
+
+def test_ww4_client_asks_for_gzip_on_every_route(dirs):
+    with WarewulfStandIn(overlay(), "ww4-overlay-runtime", nodes=[WWID]) as server:
+        assert run(server, dirs).returncode == 0
+        path = server.requests[-1][0]
+    assert path.startswith(f"/overlay-runtime/{WWID}?") and "compress=gz" in path
+
+
+@pytest.mark.parametrize("protocol", ["ww4-provision", "ww4-overlay-runtime"])
+def test_ww4_tls_server_refuses_plain_http_with_403_and_the_hint(protocol, dirs):
+    with WarewulfStandIn(overlay(), "ww4-runtime-tls", nodes=[WWID]) as server:
+        r = run(server, dirs, protocol=protocol)
+    assert r.returncode != 0
+    assert "HTTP 403" in r.stdout and "ww4-runtime-tls" in r.stdout
+    assert list(dirs[0].iterdir()) == []
+
+
+def test_ww4_tls_refuses_a_certificate_it_was_not_given(dirs, tmp_path):
+    """wwclient 4.7 trusts only the server's certificate; so do we."""
+    with WarewulfStandIn(overlay(), "ww4-runtime-tls", nodes=[WWID]) as server, \
+            WarewulfStandIn(overlay(), "ww4-runtime-tls") as other:
+        r = run(server, dirs, "--ca", str(other.ca_file))
+        assert r.returncode != 0
+        assert "certificate is not the one trusted here" in r.stdout
+        assert not [p for p, _, _ in server.requests]
+    assert list(dirs[0].iterdir()) == []
+
+
+@pytest.mark.parametrize("ca,needle", [(None, "needs SMS-mgmt's certificate"),
+                                       ("missing.crt", "No such file"),
+                                       ("garbage.crt", "certificate")])
+def test_ww4_tls_settings(tmp_path, ca, needle):
+    (tmp_path / "garbage.crt").write_text("not a certificate\n")
+    args = ["--ca", str(tmp_path / ca)] if ca else []
+    r = subprocess.run([PYTHON, str(CLIENT), "--once", "--server", "h", "--wwid", WWID,
+                        "--protocol", "ww4-runtime-tls", "--state", str(tmp_path), *args],
+                       capture_output=True, text=True, env=clean_env(), timeout=30)
+    assert r.returncode == 2
+    assert needle in r.stderr and len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("warewulf", ["4.4", "4.6", "4.7"])
+def test_ww4_ipv6_fails_on_4_4_to_4_6_with_a_clear_hint(warewulf, dirs):
+    with WarewulfStandIn(overlay(), "ww4-provision", host="::1", nodes=[WWID],
+                         warewulf=warewulf) as server:
+        r = run(server, dirs, host="::1")
+    if warewulf == "4.7":
+        assert r.returncode == 0, r.stdout + r.stderr
+    else:
+        assert r.returncode != 0
+        assert "HTTP 400" in r.stdout and "IPv6" in r.stdout and "wwctl node add" not in r.stdout
+
+
+def test_ww4_6_serves_the_image_built_until_nodes_conf_or_overlay_build(dirs):
+    """The real lag: 4.5+ rebuild a runtime image only when it is missing or nodes.conf is
+    newer, so a changed file waits for `wwctl overlay build` (or any `wwctl node set`)."""
+    root = dirs[0]
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID], warewulf="4.6") as server:
+        assert run(server, dirs).returncode == 0
+        server.set_file("etc/group", b"root:x:0:\n")
+        r = run(server, dirs)
+        assert r.returncode == 0 and "(0 changed)" in r.stdout
+        assert (root / "etc/group").read_bytes() != b"root:x:0:\n"
+        time.sleep(0.02)  # past the filesystem's timestamp tick
+        server.touch_nodes_conf()
+        r = run(server, dirs)
+        assert r.returncode == 0 and "(1 changed)" in r.stdout
+        assert (root / "etc/group").read_bytes() == b"root:x:0:\n"
+        server.set_file("etc/passwd", b"root:x:0:0::/:/bin/sh\n")
+        assert "(0 changed)" in run(server, dirs).stdout
+        server.overlay_build()
+        assert "(1 changed)" in run(server, dirs).stdout
+
+
+def test_ww4_4_rebuilds_when_an_overlay_file_changed(dirs):
+    """4.4 also compared the overlay's own files with the image (autobuild)."""
+    with WarewulfStandIn(overlay(), "ww4-provision", nodes=[WWID], warewulf="4.4") as server:
+        assert run(server, dirs).returncode == 0
+        time.sleep(0.02)
+        server.set_file("etc/group", b"root:x:0:\n")
+        r = run(server, dirs)
+        assert r.returncode == 0 and "(1 changed)" in r.stdout
+
+
+def test_lab_standin_process_serves_what_overlay_build_wrote(dirs, tmp_path):
+    """The lab's way (lab/cluster.py): the stand-in as a process answering as 4.6 does, the
+    admin's `wwctl overlay build` done with wwserver.overlay_build into its --image-dir."""
+    tree, images = tmp_path / "mgmt", tmp_path / "mgmt-provision"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/passwd").write_bytes(b"root:x:0:0::/root:/bin/sh\n")
+    overlay_build(tree, images)
+    proc = subprocess.Popen([sys.executable, "-m", "sms_services.lab.wwserver", "--dir", str(tree),
+                             "--image-dir", str(images), "--warewulf", "4.6", "--port", "0",
+                             "--bind", "127.0.0.1", "--wwid", WWID],
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    try:
+        port = int(proc.stdout.readline().split(":")[-1])
+
+        class Port:  # what run() needs of a stand-in
+            protocol, tls_port, ca_file = "ww4-provision", 0, None
+        Port.port = port
+        assert run(Port, dirs).returncode == 0
+        (tree / "etc/passwd").write_bytes(b"root:x:0:0::/root:/bin/sh\nalice:x:2001:2001::/:/bin/sh\n")
+        assert b"alice" not in (dirs[0] / "etc/passwd").read_bytes()
+        assert "(0 changed)" in run(Port, dirs).stdout  # 4.6 serves the image it has
+        overlay_build(tree, images)
+        r = run(Port, dirs)
+        assert "(1 changed)" in r.stdout, r.stdout + r.stderr
+        assert b"alice" in (dirs[0] / "etc/passwd").read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -106,11 +106,10 @@ class Release:
 
     @property
     def wwclient_protocol(self) -> str:
-        """The file-sync dialect SMS-mgmt of this release speaks (see defs/wwclient)."""
-        if self.warewulf == "3":
-            return "ww3"
-        minor = int(self.warewulf.split(".")[1])
-        return "ww4-overlay-runtime" if minor < 5 else "ww4-provision"
+        """The file-sync request SMS-mgmt of this release answers (see defs/wwclient): every
+        Warewulf 4 answers /provision/<wwid>?stage=runtime, what its own wwclient asks up to
+        4.6; a site whose 4.7+ runs with ``tls: true`` sets ww4-runtime-tls itself."""
+        return "ww3" if self.warewulf == "3" else "ww4-provision"
 
     def variants(self) -> list[Variant]:
         out = []

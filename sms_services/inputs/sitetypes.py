@@ -34,6 +34,8 @@ PATTERNS = {
     # Printable ASCII without space, quotes, backslash or '#': safe bare in every format we render.
     "word": r"[!$%&()*+,./0-9:;<=>?@A-Z\[\]^_`a-z{|}~-]{1,128}",
     "host:port": rf"(?:{_HOSTNAME}|{_IPV4})(?::{_PORT})?",
+    # Absolute; no segment starts with '.', so no '.' or '..' and nothing hidden.
+    "path": r"(?:/[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}){1,32}",
     "relay": rf"(?:\[(?:{_HOSTNAME}|{_IPV4})\]|{_HOSTNAME}|{_IPV4})(?::{_PORT})?",
 }
 
@@ -235,6 +237,8 @@ _TYPES: dict[str, _Kind] = {
                        "an interface name like eth1 (up to 15 characters)"),
     "mac": _kind("mac", "a hardware address like 02:00:c6:12:00:02",
                  "a hardware address like 02:00:c6:12:00:02 (quoted in YAML)"),
+    "path": _kind("path", "an absolute path: '/'-separated names of letters, digits, '_', '.', '+', '-' "
+                  "(none starting with '.')", "an absolute path like /etc/warewulf/tls/warewulf.crt"),
     "word": _kind("word", "printable ASCII without spaces, quotes, '\\' or '#' (1-128), e.g. a password",
                   "printable ASCII without spaces, quotes, '\\' or '#' (1-128 characters)"),
     "choice": _Kind("one of the fragment's choices",

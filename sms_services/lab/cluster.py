@@ -35,6 +35,7 @@ from sms_services.errors import UserError
 from sms_services.image.accounts import image_accounts, owner_of
 from sms_services.inputs.fragment import Fragment
 from sms_services.inputs.site import Site, render_site
+from sms_services.lab.wwserver import overlay_build
 from sms_services.probes.registry import NEEDS
 from sms_services.probes.system import SUPERVISORCTL
 from sms_services.runtime.instance import (
@@ -84,6 +85,7 @@ class Lab(SmsTarget):
     apptainer: Apptainer
     wwclient_protocol: str
     say: Callable[[str], None] = lambda s: None
+    warewulf: str = ""  # the release's Warewulf ("3", "4.6"): the stand-in answers as it would
     name: str = ""
     signer: str = ""  # who vouches for the SMS-services image (signing.check)
     work: Path = field(default_factory=Path)
@@ -216,6 +218,7 @@ class Lab(SmsTarget):
         self._write_mgmt_accounts(self._mgmt_accounts)
         tree = self.work / "mgmt/etc"
         os.chown(tree / "munge/munge.key", *self.munge_ids)
+        self._mgmt_build()
         return {f"/etc/{n}": (tree / n).read_text() for n in ("passwd", "group", "shadow")}
 
     def _seed_mgmt(self) -> None:
@@ -235,6 +238,14 @@ class Lab(SmsTarget):
         key.write_bytes(self.munge_key)
         os.chown(key, *self.munge_ids)
         key.chmod(0o400)
+        self._mgmt_build()
+
+    def _mgmt_build(self) -> None:
+        """The admin's last step after changing SMS-mgmt's files: Warewulf 4 serves a prebuilt
+        image and rebuilds it only when nodes.conf changes, so `wwctl overlay build`.  (The
+        Warewulf 3 stand-in serves the files as they are, as after `wwsh file sync`.)"""
+        if self.wwclient_protocol != "ww3":
+            overlay_build(self.work / "mgmt", self.work / "mgmt-provision")
 
     def _write_mgmt_accounts(self, users: list[str]) -> None:
         tree = self.work / "mgmt/etc"
@@ -252,14 +263,18 @@ class Lab(SmsTarget):
         name = f"probe{self._mgmt_users}x{secrets.token_hex(2)}"
         uid = 3000 + self._mgmt_users
         self._write_mgmt_accounts([*self._mgmt_accounts, f"{name}:x:{uid}:{uid}:probe:/nonexistent:/bin/false"])
+        self._mgmt_build()
         return name
 
     def start_mgmt(self) -> None:
-        port = "80" if self.wwclient_protocol == "ww3" else "9873"
+        ww3 = self.wwclient_protocol == "ww3"
         wwid = str(self.site.values.get("wwclient_wwid", ""))
         self._mgmt = self._spawn(f"{self.name}-mgmt", [
             "-m", "sms_services.lab.wwserver", "--protocol", self.wwclient_protocol, "--dir",
-            str(self.work / "mgmt"), "--port", port, "--bind", self.mgmt_ip, "--secure",
+            str(self.work / "mgmt"), "--port", "80" if ww3 else "9873", "--bind", self.mgmt_ip,
+            # Warewulf 3 has no secure mode (file.pl checks no port); Warewulf 4's is on
+            *([] if ww3 else ["--secure", "--image-dir", str(self.work / "mgmt-provision")]),
+            *(["--warewulf", self.warewulf] if self.warewulf else []),
             *(["--wwid", wwid] if wwid else [])], "mgmt.log")
 
     def stop_mgmt(self) -> None:

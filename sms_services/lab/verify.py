@@ -100,7 +100,8 @@ def open_lab(project: Project, apptainer: Apptainer, release: str, *, sif: Path 
     site = load_site(site_path or project.root / "overlays/lab/site.yaml", sms_frags,
                      list(project.fragments.values()))
     lab = Lab(release, sms_sif, compute_sif, site, sms_frags, project.ordered(variant, "compute"), apptainer,
-              rel.wwclient_protocol, say=say, name=name, signer=str(signer) if signer else "UNSIGNED",
+              rel.wwclient_protocol, say=say, warewulf=rel.warewulf, name=name,
+              signer=str(signer) if signer else "UNSIGNED",
               sms_overlay=overlay)
     with lab:
         yield lab

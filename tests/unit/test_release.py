@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from sms_services.errors import UserError
-from sms_services.inputs.release import load_matrix
+from sms_services.inputs.release import Release, load_matrix
 
 
 def test_matrix_covers_openhpc_2_3_4(project) -> None:
@@ -28,6 +28,10 @@ def test_ohpc_repo_and_protocol(project) -> None:
     assert el.ohpc_release_rpm.endswith("ohpc-release-3-1.el9.x86_64.rpm")
     assert project.matrix.get("2.7").wwclient_protocol == "ww3"
     assert project.matrix.get("3.5").wwclient_protocol == "ww4-provision"
+    assert project.matrix.get("3.2").warewulf == "4.5"
+    assert project.matrix.get("3.2").wwclient_protocol == "ww4-provision"
+    # /overlay-runtime/ is not "the 4.4 protocol": wwclient 4.4 already asks /provision/
+    assert Release("x", "23.11", "4.4", (), None, None).wwclient_protocol == "ww4-provision"
 
 
 def test_unknown_release_is_one_clear_line(project) -> None:

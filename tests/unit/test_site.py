@@ -122,6 +122,12 @@ def test_cross_field_checks(project: Project, tmp_path: Path, changes: dict[str,
     ({"type": "list of host"}, ["ntp.example.org", "192.0.2.1"], True),
     ({"type": "mac", "empty": True}, "", True),
     ({"type": "mac"}, "", False),
+    ({"type": "path"}, "/etc/warewulf/tls/warewulf.crt", True),
+    ({"type": "path"}, "etc/warewulf.crt", False),
+    ({"type": "path"}, "/etc/../shadow", False),
+    ({"type": "path"}, "/etc/./x", False),
+    ({"type": "path"}, "/etc/x\n/y", False),
+    ({"type": "path"}, "/etc/my cert.pem", False),
 ])
 def test_types(spec: dict[str, Any], value: Any, ok: bool) -> None:
     assert (parse_type(spec["type"], spec).problem(value) is None) is ok
