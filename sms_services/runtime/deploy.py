@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -48,6 +49,7 @@ from sms_services.runtime.overlay import read_overlay_file
 from sms_services.runtime.target import SmsTarget
 
 DEFAULT_STATE = Path("/var/lib/sms-services")
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 DEFAULT_NODE_EXEC = "ssh -o BatchMode=yes -o ConnectTimeout=5 {node}"
 
 
@@ -80,6 +82,10 @@ class Record:
 
     @staticmethod
     def path_of(name: str) -> Path:
+        # The name becomes a file name under root's state folder and an Apptainer instance name.
+        if not INSTANCE_NAME.fullmatch(name):
+            raise UserError(f"instance name {name!r}: use letters, digits, '.', '_' and '-' only, "
+                            "starting with a letter or digit")
         return state_dir() / "instances" / f"{name}.json"
 
     @classmethod

@@ -222,6 +222,68 @@ def test_smsctl_start_and_cutover_of_a_recorded_instance(
     assert outcome.ok, outcome.failed
 
 
+def test_smsctl_probe_tells_monitoring_what_broke(apptainer, lab: Lab, project: Project, tmp_path: Path) -> None:
+    """smsctl probe on a recorded instance, as a Nagios/Icinga check and a node_exporter textfile:
+    OK while every service answers, CRITICAL naming chrony once chronyd is stopped, CRITICAL
+    'not running' once the instance is stopped."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sms_services.probes.system import SUPERVISORCTL
+
+    key, sif = tmp_path / "release", tmp_path / "good.sif"
+    create_keypair(key)
+    shutil.copyfile(lab.sms_sif, sif)
+    sign(apptainer, sif, key)
+    (tmp_path / "config").mkdir()
+    env = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_STATE_DIR": str(tmp_path / "state"),
+           "SMS_CONFIG_DIR": str(tmp_path / "config")}
+    name = lab.sms_instance
+    node_exec = f"{apptainer.binary} exec --no-privs --pwd / instance://{lab.name}-{{node}} /bin/sh -c"
+    prom, report = tmp_path / "sms.prom", tmp_path / "health.json"
+    lab.stop_sms()
+    try:
+        r = smsctl(lab, project, "start", str(sif), "--name", name, "--overlay", str(lab.sms_overlay),
+                   "--site", str(lab.site.path), "--provision-bridge", f"{lab.name}-p",
+                   "--public-bridge", f"{lab.name}-u", "--bind", f"{lab.work}/hosts:/etc/hosts",
+                   "--bind", f"{lab.work}/resolv.conf:/etc/resolv.conf", "--node-exec", node_exec,
+                   "--key", str(key), env=env)
+        assert r.returncode == 0, r.stderr
+        assert probe_services(lab).ok  # services up before the monitoring looks
+
+        r = smsctl(lab, project, "probe", "--name", name, "--prometheus", str(prom), "--json", str(report), env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.startswith(f"SMS-SERVICES OK - {name}: "), r.stdout
+        samples = [s for fam in text_string_to_metric_families(prom.read_text()) for s in fam.samples]
+        up = {(s.labels["service"], s.labels["probe"]): s.value for s in samples if s.name == "sms_services_probe_up"}
+        assert up and all(v == 1 for v in up.values()), up
+        assert {"slurmctld", "munge", "chrony", "rsyslog"} <= {svc for svc, _ in up}
+        info = next(s for s in samples if s.name == "sms_services_image_info")
+        assert info.labels["release"] == "3.5" and info.labels["build_date"], info
+
+        ctl = " ".join(SUPERVISORCTL)
+        assert lab.on_sms(["sh", "-c", f"{ctl} stop chrony"])[0] == 0
+        try:
+            r = smsctl(lab, project, "probe", "--name", name, "--prometheus", str(prom), "--timeout", "4", env=env)
+            assert r.returncode == 2, r.stdout + r.stderr
+            assert r.stdout.startswith(f"SMS-SERVICES CRITICAL - {name}: chrony failed: ntp-query"), r.stdout
+            samples = [s for fam in text_string_to_metric_families(prom.read_text()) for s in fam.samples]
+            down = [s for s in samples if s.name == "sms_services_probe_up" and s.value == 0]
+            assert [s.labels["service"] for s in down] == ["chrony"], down
+        finally:
+            lab.on_sms(["sh", "-c", f"{ctl} start chrony"])
+
+        r = smsctl(lab, project, "stop", "--name", name, env=env)
+        assert r.returncode == 0, r.stderr
+        r = smsctl(lab, project, "probe", "--name", name, env=env)
+        assert r.returncode == 2 and "instance not running" in r.stdout, r.stdout + r.stderr
+    finally:
+        if lab.sms_pids():
+            lab.stop_sms()
+        lab.start_sms(lab.sms_sif)
+    outcome = probe_services(lab)
+    assert outcome.ok, outcome.failed
+
+
 def test_move_to_a_second_host_keeps_a_running_job(lab: Lab, project: Project) -> None:
     job = submit(lab, 15, "during-move")
     host = lab.add_host("b")
