@@ -67,12 +67,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = []
     for rec in found:
         running = bool(instance_pids(apptainer, rec.name))
+        free: float | None = None
         try:
             used, total = usage(Path(rec.overlay))
+            free = round(100 * (total - used) / total, 1) if total else 0.0
             space = f"{used / 2**20:.0f}/{total / 2**20:.0f} MiB"
         except (UserError, OSError):  # a missing or unreadable overlay is itself the news
             space = "unreadable"
-        rows.append({**rec.__dict__, "running": running, "overlay_use": space})
+        rows.append({**rec.__dict__, "running": running, "overlay_use": space, "overlay_free_percent": free})
     if args.json:
         print_json(rows)
         return 0
@@ -81,10 +83,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], "running" if r["running"] else "[red]stopped[/red]", r["release"],
-                      Path(r["source"] or r["sif"]).name, r["signer"], r["started"], f"{r['overlay']} ({r['overlay_use']})",
+                      Path(r["source"] or r["sif"]).name, r["signer"], r["started"], f"{r['overlay']} ({r['overlay_use']})"
+                      + (f" [red]{r['overlay_free_percent']}% free[/red]" if low(r) else ""),
                       str(len(r["history"])))
     out_console.print(table)
+    for r in rows:
+        if low(r):  # a full overlay stops slurmctld saving state: say it where an admin looks
+            err_console.print(f"smsctl: {r['name']}: overlay {r['overlay']} has {r['overlay_free_percent']}% free "
+                              f"(below {LOW_FREE_PERCENT}%); smsctl overlay grow, or free space in it",
+                              markup=False)
     return 0
+
+
+LOW_FREE_PERCENT = 10  # the same default as smsctl probe --warn-free
+
+
+def low(row: dict) -> bool:
+    free = row.get("overlay_free_percent")
+    return free is not None and free < LOW_FREE_PERCENT
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:

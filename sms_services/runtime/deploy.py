@@ -46,6 +46,7 @@ from sms_services.runtime.instance import (
     write_network,
 )
 from sms_services.runtime.overlay import read_overlay_file
+from sms_services.runtime.overlay_care import require_clean
 from sms_services.runtime.target import SmsTarget
 
 DEFAULT_STATE = Path("/var/lib/sms-services")
@@ -257,6 +258,7 @@ def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overl
         raise UserError(f"{sif}: not an SMS-services image (no known sms-services.release label)")
     if instance_pids(apptainer, name):
         raise UserError(f"instance {name} is already running; smsctl cutover --name {name} --to {source or sif} replaces it")
+    require_clean(overlay, name=name)
     record = Record(name=name, sif=str(sif), release=release, overlay=str(overlay), site=str(site.resolve()),
                     provision_bridge=provision_bridge, public_bridge=public_bridge, node_exec=node_exec,
                     binds=list(binds or []), signer=signer, source=str(source or sif))
