@@ -224,7 +224,7 @@ def test_smsctl_start_and_cutover_of_a_recorded_instance(
 
 def test_smsctl_probe_tells_monitoring_what_broke(apptainer, lab: Lab, project: Project, tmp_path: Path) -> None:
     """smsctl probe on a recorded instance, as a Nagios/Icinga check and a node_exporter textfile:
-    OK while every service answers, CRITICAL naming chrony once chronyd is stopped, CRITICAL
+    OK while every service answers, CRITICAL naming postfix once it is stopped, CRITICAL
     'not running' once the instance is stopped."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -260,17 +260,19 @@ def test_smsctl_probe_tells_monitoring_what_broke(apptainer, lab: Lab, project: 
         info = next(s for s in samples if s.name == "sms_services_image_info")
         assert info.labels["release"] == "3.5" and info.labels["build_date"], info
 
-        ctl = " ".join(SUPERVISORCTL)
-        assert lab.on_sms(["sh", "-c", f"{ctl} stop chrony"])[0] == 0
+        # The fragment's own recipe for a stopped postfix (defs/postfix/fragment.yaml, breaks).
+        stopped = next(b for b in project.fragments["postfix"].breaks if b.name == "stopped")
+        prelude = "ctl() { " + " ".join(SUPERVISORCTL) + ' "$@"; }\n'
+        assert lab.on_sms(["sh", "-ec", prelude + stopped.script])[0] == 0
         try:
             r = smsctl(lab, project, "probe", "--name", name, "--prometheus", str(prom), "--timeout", "4", env=env)
             assert r.returncode == 2, r.stdout + r.stderr
-            assert r.stdout.startswith(f"SMS-SERVICES CRITICAL - {name}: chrony failed: ntp-query"), r.stdout
+            assert r.stdout.startswith(f"SMS-SERVICES CRITICAL - {name}: postfix failed: smtp-deliver"), r.stdout
             samples = [s for fam in text_string_to_metric_families(prom.read_text()) for s in fam.samples]
             down = [s for s in samples if s.name == "sms_services_probe_up" and s.value == 0]
-            assert [s.labels["service"] for s in down] == ["chrony"], down
+            assert [s.labels["service"] for s in down] == ["postfix"], down
         finally:
-            lab.on_sms(["sh", "-c", f"{ctl} start chrony"])
+            lab.on_sms(["sh", "-ec", prelude + stopped.repair])
 
         r = smsctl(lab, project, "stop", "--name", name, env=env)
         assert r.returncode == 0, r.stderr
