@@ -36,7 +36,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         dep = start(project_of(args), apptainer, copy, name=args.name, overlay=Path(args.overlay).resolve(),
                     site=Path(args.site), provision_bridge=args.provision_bridge, public_bridge=args.public_bridge,
                     node_exec=args.node_exec, binds=args.bind or [], signer=str(signer) if signer else "UNSIGNED",
-                    source=sif)
+                    source=sif, take_over=args.take_over,
+                    say=lambda s: err_console.print(f"smsctl: {s}", markup=False))
     except BaseException:
         if made:
             unpin(copy, folder)
@@ -183,6 +184,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         f"(default: {DEFAULT_NODE_EXEC!r})")
     s.add_argument("--bind", action="append", metavar="SRC[:DEST]", help="an extra bind (repeatable)")
     s.add_argument("--allow-unsigned", action="store_true", help="start an unsigned image (development only)")
+    s.add_argument("--take-over", action="store_true",
+                   help="the overlay's lease is held by a host that died: prove it (its lease stands still for "
+                        "two renewal intervals), then take it")
     add_trust_args(s)
     s.set_defaults(func=cmd_start)
 

@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from sms_services.apptainer import Apptainer
@@ -39,12 +40,15 @@ from sms_services.runtime.instance import (
     caps_of,
     cni_dir,
     exec_command,
+    instance_list,
     instance_pids,
     mac_for,
     start_instance,
     stop_instance,
     write_network,
 )
+from sms_services.runtime.lease import acquire, release, spawn_renewer
+from sms_services.runtime.lease import read as read_lease
 from sms_services.runtime.overlay import read_overlay_file
 from sms_services.runtime.overlay_care import require_clean
 from sms_services.runtime.target import SmsTarget
@@ -78,6 +82,7 @@ class Record:
     binds: list[str] = field(default_factory=list)
     signer: str = ""
     started: str = ""
+    lease_token: str = ""  # the overlay's lease (runtime/lease.py) this instance holds
     history: list[dict[str, str]] = field(default_factory=list)  # earlier images, newest last
     source: str = ""  # the path the admin gave, which ``sif`` was copied from
 
@@ -178,6 +183,14 @@ class Deployment(SmsTarget):
                              (pub, f"{self.sms_public_ip}/{_prefix(site['public_network'])}", None)],
                        extra=[a for b in rec.binds for a in ("--bind", b)], what="start")
         self.sms_started_at = time.monotonic()
+        if rec.lease_token:  # production starts hold the overlay's lease; renew it while this instance lives
+            lease = read_lease(self.sms_overlay)
+            if lease is None or lease.token != rec.lease_token:
+                stop_instance(self.apptainer, rec.name, self.sms_overlay)
+                raise UserError(f"{self.sms_overlay}: this instance no longer holds the overlay's lease "
+                                f"({lease.describe() if lease else 'no lease'}); stopped it again")
+            spawn_renewer(self.sms_overlay, lease, instance_list(self.apptainer, rec.name).get(rec.name, 0),
+                          rec.name, self.apptainer.binary)
         if Path(rec.sif) != sif or rec.release != self.release:
             rec.history.append({"sif": rec.sif, "source": rec.source, "release": rec.release, "until": _now()})
         rec.sif, rec.release, rec.started = str(sif), self.release, _now()
@@ -243,7 +256,8 @@ def _now() -> str:
 
 def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overlay: Path, site: Path,
           provision_bridge: str, public_bridge: str, node_exec: str = DEFAULT_NODE_EXEC,
-          binds: list[str] | None = None, signer: str = "", source: Path | None = None) -> Deployment:
+          binds: list[str] | None = None, signer: str = "", source: Path | None = None,
+          take_over: bool = False, say: Callable[[str], None] = lambda s: None) -> Deployment:
     """Start ``sif`` on ``overlay`` and record how (the caller has checked its signature:
     ``sif`` is the checked copy, ``source`` the path it came from)."""
     if not overlay.is_file():
@@ -258,15 +272,22 @@ def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overl
         raise UserError(f"{sif}: not an SMS-services image (no known sms-services.release label)")
     if instance_pids(apptainer, name):
         raise UserError(f"instance {name} is already running; smsctl cutover --name {name} --to {source or sif} replaces it")
-    require_clean(overlay, name=name)
+    # The lease first: e2fsck's verdict on an overlay another host has mounted means nothing.
+    lease = acquire(overlay, name, take_over=take_over, say=say)
+    try:
+        require_clean(overlay, name=name)
+    except BaseException:
+        release(overlay, lease.token)
+        raise
     record = Record(name=name, sif=str(sif), release=release, overlay=str(overlay), site=str(site.resolve()),
                     provision_bridge=provision_bridge, public_bridge=public_bridge, node_exec=node_exec,
-                    binds=list(binds or []), signer=signer, source=str(source or sif))
+                    binds=list(binds or []), signer=signer, source=str(source or sif), lease_token=lease.token)
     dep = Deployment(project, apptainer, record)
     try:
         dep.start_sms(sif)
     except BaseException:
         dep.close()
+        release(overlay, lease.token)
         raise
     return dep
 
@@ -281,5 +302,8 @@ def stop(project: Project, apptainer: Apptainer, name: str) -> float:
     with Deployment(project, apptainer, Record.load(name)) as dep:
         if not dep.running():
             raise UserError(f"instance {name} is not running")
-        return dep.stop_sms()
+        seconds = dep.stop_sms()
+        if dep.record.lease_token:
+            release(dep.sms_overlay, dep.record.lease_token)  # a clean stop: another host may start it now
+        return seconds
 

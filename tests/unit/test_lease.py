@@ -1,0 +1,150 @@
+"""The overlay lease: one writer, across hosts, without trusting clocks (no root, no Apptainer).
+
+Two "hosts" are two values of SMS_HOST_ID; the renewer is the real one, as a process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sms_services.errors import UserError
+from sms_services.runtime import lease as ls
+
+FAST = 0.3  # seconds between renewals, so a take-over waits under a second
+
+
+@pytest.fixture
+def overlay(tmp_path: Path) -> Path:
+    img = tmp_path / "sms-overlay.img"
+    img.write_bytes(b"\0" * 4096)
+    return img
+
+
+def as_host(monkeypatch, name: str) -> None:
+    monkeypatch.setenv("SMS_HOST_ID", name)
+
+
+@pytest.fixture
+def instance():
+    """A stand-in for the instance's process, which the renewer watches."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_second_host_is_refused_while_the_first_renews(overlay: Path, monkeypatch, instance) -> None:
+    as_host(monkeypatch, "hostA")
+    held = ls.acquire(overlay, "sms", interval=FAST)
+    renewer = ls.spawn_renewer(overlay, held, instance.pid, "sms")
+    as_host(monkeypatch, "hostB")
+    with pytest.raises(UserError, match="held by hostA .*a second writer") as err:
+        ls.acquire(overlay, "sms", interval=FAST)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="renewed while we watched"):
+        ls.acquire(overlay, "sms", take_over=True, interval=FAST)
+    seq = ls.read(overlay).seq
+    time.sleep(3 * FAST)
+    assert ls.read(overlay).seq > seq and ls.read(overlay).renewer == renewer
+    as_host(monkeypatch, "hostA")
+    assert ls.release(overlay, held.token)
+    assert ls.read(overlay) is None
+    time.sleep(0.2)
+    assert not ls._alive(renewer)
+
+
+def test_after_a_clean_stop_the_other_host_may_start(overlay: Path, monkeypatch) -> None:
+    as_host(monkeypatch, "hostA")
+    held = ls.acquire(overlay, "sms", interval=FAST)
+    ls.release(overlay, held.token)
+    as_host(monkeypatch, "hostB")
+    assert ls.acquire(overlay, "sms", interval=FAST).holder == "hostB"
+
+
+def test_a_dead_host_is_taken_over_only_when_asked_and_after_two_intervals(overlay: Path, monkeypatch,
+                                                                           instance) -> None:
+    as_host(monkeypatch, "hostA")
+    held = ls.acquire(overlay, "sms", interval=FAST)
+    ls.spawn_renewer(overlay, held, instance.pid, "sms")
+    instance.kill()  # host A dies: its instance and, with it, the renewer's reason to renew
+    instance.wait()
+    time.sleep(2 * FAST)
+    as_host(monkeypatch, "hostB")
+    with pytest.raises(UserError, match="--take-over"):
+        ls.acquire(overlay, "sms", interval=FAST)
+    said: list[str] = []
+    t = time.monotonic()
+    mine = ls.acquire(overlay, "sms", take_over=True, interval=FAST, say=said.append)
+    assert time.monotonic() - t >= 2 * FAST
+    assert mine.holder == "hostB" and ls.read(overlay).token == mine.token
+    assert "took over the lease of hostA" in said[-1]
+    assert sorted(p.name for p in overlay.parent.iterdir()) == ["sms-overlay.img", "sms-overlay.img.lease"]
+
+
+def test_this_host_reclaims_its_own_lease_after_a_crash_but_not_while_it_runs(overlay: Path, monkeypatch,
+                                                                            instance) -> None:
+    as_host(monkeypatch, "hostA")
+    held = ls.acquire(overlay, "sms", interval=FAST)
+    ls.spawn_renewer(overlay, held, instance.pid, "sms")
+    with pytest.raises(UserError, match="still runs on this host"):
+        ls.acquire(overlay, "sms", interval=FAST)
+    instance.kill()
+    instance.wait()
+    time.sleep(3 * FAST)  # the renewer sees its instance gone and exits, leaving the lease
+    assert ls.read(overlay).token == held.token
+    again = ls.acquire(overlay, "sms", interval=FAST)
+    assert again.token != held.token
+
+
+def test_a_renewer_that_lost_its_lease_stops_its_instance(overlay: Path, monkeypatch) -> None:
+    as_host(monkeypatch, "hostA")
+    held = ls.acquire(overlay, "sms", interval=FAST)
+    lost = threading.Event()
+    watched = os.getpid()
+    t = threading.Thread(target=ls.renew, args=(overlay, held.token, watched, FAST, lost.set), daemon=True)
+    t.start()
+    time.sleep(FAST)
+    as_host(monkeypatch, "hostB")
+    ls.lease_path(overlay).unlink()  # what a take-over by host B amounts to for host A
+    ls.acquire(overlay, "sms", interval=FAST)
+    assert lost.wait(5 * FAST)
+
+
+def test_two_take_overs_at_once_give_one_winner(overlay: Path, monkeypatch) -> None:
+    as_host(monkeypatch, "hostA")
+    ls.acquire(overlay, "sms", interval=FAST)  # and A dies at once: nobody renews
+    results: list[object] = []
+
+    def take(host: str) -> None:
+        os.environ["SMS_HOST_ID"] = host  # the threads race on the env; the winner's id is in the lease
+        try:
+            results.append(ls.acquire(overlay, "sms", take_over=True, interval=FAST))
+        except UserError as err:
+            results.append(err)
+
+    threads = [threading.Thread(target=take, args=(h,)) for h in ("hostB", "hostC")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [r for r in results if isinstance(r, ls.Lease)]
+    assert len(won) == 1 and ls.read(overlay).token == won[0].token, results
+
+
+def test_a_planted_link_or_junk_at_the_lease_is_one_line(overlay: Path, monkeypatch, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    ls.lease_path(overlay).symlink_to(victim)
+    with pytest.raises(UserError, match="not a lease file smsctl wrote"):
+        ls.acquire(overlay, "sms")
+    assert victim.read_text() == "keep\n"
+    ls.lease_path(overlay).unlink()
+    ls.lease_path(overlay).write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a lease file smsctl wrote"):
+        ls.acquire(overlay, "sms")
