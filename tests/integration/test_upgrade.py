@@ -143,11 +143,12 @@ def test_cutover_to_a_broken_image_rolls_back_and_the_job_finishes(
     assert finished_ok(lab, job, "during-rollback") == ""
 
 
-def smsctl(lab: Lab, project: Project, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """smsctl as an admin runs it on the infrastructure host: here, in the lab's namespace."""
-    return subprocess.run(["nsenter", f"--net=/run/netns/{lab.name}", sys.executable, "-m", "sms_services.cli.main",
-                           *args], capture_output=True, text=True, timeout=600, cwd=project.root,
-                          env=dict(os.environ, **env))
+def smsctl(lab: Lab, project: Project, *args: str, env: dict[str, str], host: str = "") -> subprocess.CompletedProcess:
+    """smsctl as an admin runs it on the infrastructure host: here, in the lab's namespace
+    (or in ``host``, one made by ``lab.add_host``)."""
+    return subprocess.run(["nsenter", f"--net=/run/netns/{host or lab.name}", sys.executable, "-m",
+                           "sms_services.cli.main", *args], capture_output=True, text=True, timeout=600,
+                          cwd=project.root, env=dict(os.environ, **env))
 
 
 def test_smsctl_start_and_cutover_of_a_recorded_instance(
@@ -284,6 +285,82 @@ def test_smsctl_probe_tells_monitoring_what_broke(apptainer, lab: Lab, project: 
         lab.start_sms(lab.sms_sif)
     outcome = probe_services(lab)
     assert outcome.ok, outcome.failed
+
+
+def test_two_hosts_never_write_one_overlay(apptainer, lab: Lab, project: Project, tmp_path: Path) -> None:
+    """Host A (the lab's namespace) and host B (its own bridges, the same overlay file, as shared
+    storage), each with its own smsctl state: B's start is refused while A runs, allowed after A's
+    clean stop, and after A dies (instance and lease renewer SIGKILLed) only with --take-over."""
+    from sms_services.runtime.instance import kill_instance
+    from sms_services.runtime.lease import lease_path
+    from sms_services.runtime.lease import read as read_lease
+
+    key, sif = tmp_path / "release", tmp_path / "good.sif"
+    create_keypair(key)
+    shutil.copyfile(lab.sms_sif, sif)
+    sign(apptainer, sif, key)
+    host_b = lab.add_host("l")
+    envs = {}
+    for h in ("A", "B"):
+        (tmp_path / h / "config").mkdir(parents=True)
+        envs[h] = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_HOST_ID": f"host{h}",
+                   "SMS_STATE_DIR": str(tmp_path / h / "state"), "SMS_CONFIG_DIR": str(tmp_path / h / "config")}
+    node_exec = f"{apptainer.binary} exec --no-privs --pwd / instance://{lab.name}-{{node}} /bin/sh -c"
+
+    def start(h: str, *extra: str) -> subprocess.CompletedProcess:
+        return smsctl(lab, project, "start", str(sif), "--name", f"lease{h}", "--overlay", str(lab.sms_overlay),
+                      "--site", str(lab.site.path), "--provision-bridge", f"{lab.name}-p",
+                      "--public-bridge", f"{lab.name}-u", "--bind", f"{lab.work}/hosts:/etc/hosts",
+                      "--bind", f"{lab.work}/resolv.conf:/etc/resolv.conf", "--node-exec", node_exec,
+                      "--key", str(key), *extra, env=envs[h], host=host_b if h == "B" else "")
+
+    def stop(h: str) -> subprocess.CompletedProcess:
+        return smsctl(lab, project, "stop", "--name", f"lease{h}", env=envs[h], host=host_b if h == "B" else "")
+
+    lab.stop_sms()
+    try:
+        r = start("A")
+        assert r.returncode == 0, r.stderr
+        assert read_lease(lab.sms_overlay).holder == "hostA"
+        r = start("B")
+        assert r.returncode == 1 and "held by hostA" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not instance_pids_of(apptainer, "leaseB")
+
+        assert stop("A").returncode == 0
+        assert not lease_path(lab.sms_overlay).exists()
+        r = start("B")
+        assert r.returncode == 0, r.stderr  # a clean stop frees the overlay for the other host
+        assert stop("B").returncode == 0
+
+        assert start("A").returncode == 0
+        held = read_lease(lab.sms_overlay)
+        os.kill(held.renewer, 9)  # host A dies: every process of it, the renewer too
+        kill_instance(apptainer, "leaseA", lab.sms_overlay)
+        r = start("B")
+        assert r.returncode == 1 and "--take-over" in r.stderr, r.stderr
+        t = time.monotonic()
+        r = start("B", "--take-over")
+        assert r.returncode == 0, r.stderr
+        assert time.monotonic() - t >= 2 * held.interval and "took over the lease of hostA" in r.stderr, r.stderr
+        assert read_lease(lab.sms_overlay).holder == "hostB"
+        r = smsctl(lab, project, "probe", "--name", "leaseB", env=envs["B"], host=host_b)
+        assert r.returncode == 0, r.stdout + r.stderr  # host B's SMS-services serves the cluster
+        assert stop("B").returncode == 0
+    finally:
+        for h in ("A", "B"):
+            if instance_pids_of(apptainer, f"lease{h}"):
+                kill_instance(apptainer, f"lease{h}", lab.sms_overlay)
+        lease_path(lab.sms_overlay).unlink(missing_ok=True)
+        subprocess.run(["ip", "netns", "delete", host_b], capture_output=True)
+        lab.start_sms(lab.sms_sif)
+    outcome = probe_services(lab)
+    assert outcome.ok, outcome.failed
+
+
+def instance_pids_of(apptainer, name: str) -> list[int]:
+    from sms_services.runtime.instance import instance_pids
+
+    return instance_pids(apptainer, name)
 
 
 def test_move_to_a_second_host_keeps_a_running_job(lab: Lab, project: Project) -> None:
