@@ -323,7 +323,7 @@ def test_two_hosts_never_write_one_overlay(apptainer, lab: Lab, project: Project
         assert r.returncode == 0, r.stderr
         assert read_lease(lab.sms_overlay).holder == "hostA"
         r = start("B")
-        assert r.returncode == 1 and "held by hostA" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert r.returncode == 2 and "held by hostA" in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert not instance_pids_of(apptainer, "leaseB")
 
         assert stop("A").returncode == 0
@@ -337,7 +337,7 @@ def test_two_hosts_never_write_one_overlay(apptainer, lab: Lab, project: Project
         os.kill(held.renewer, 9)  # host A dies: every process of it, the renewer too
         kill_instance(apptainer, "leaseA", lab.sms_overlay)
         r = start("B")
-        assert r.returncode == 1 and "--take-over" in r.stderr, r.stderr
+        assert r.returncode == 2 and "--take-over" in r.stderr, r.stderr
         t = time.monotonic()
         r = start("B", "--take-over")
         assert r.returncode == 0, r.stderr
