@@ -82,6 +82,10 @@ def test_start_starts_the_checked_copy_even_if_the_file_is_swapped_after_the_che
     monkeypatch.setattr(deploy, "instance_pids", lambda apptainer, name: [])
     monkeypatch.setattr(deploy, "cni_dir", lambda: tmp_path / "cni")
     monkeypatch.setattr(deploy, "start_instance", lambda apptainer, image, *a, **kw: started.append(image))
+    # Not what this test is about: the overlay's fsck and the lease renewer (test_overlay_care, test_lease).
+    monkeypatch.setattr(deploy, "require_clean", lambda overlay, name="": None)
+    monkeypatch.setattr(deploy, "instance_list", lambda apptainer, name="": {name: 1})
+    monkeypatch.setattr(deploy, "spawn_renewer", lambda *a, **kw: 0)
     overlay = tmp_path / "overlay.img"
     overlay.write_bytes(b"")
     rc = cli.main(["--root", str(ROOT), "start", str(sif), "--name", "sms", "--overlay", str(overlay),
