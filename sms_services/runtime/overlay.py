@@ -22,17 +22,32 @@ from sms_services.errors import UserError
 
 def create_overlay(path: Path, files: dict[str, str | bytes], *, size_mib: int = 256,
                    owners: dict[str, tuple[int, int]] | None = None,
-                   modes: dict[str, int] | None = None) -> None:
-    """A new overlay at ``path`` whose upper layer holds ``files`` (image path -> content)."""
-    if path.exists():
+                   modes: dict[str, int] | None = None,
+                   folders: dict[str, tuple[int, int, int]] | None = None,
+                   replace: bool = False) -> None:
+    """A new overlay at ``path`` whose upper layer holds ``files`` (image path -> content)
+    and ``folders`` (image path -> uid, gid, mode; parents before children).
+
+    It is built under a name made exclusively in the target folder and renamed
+    into place only when complete, so a failure or Ctrl-C leaves nothing half
+    made; without ``replace`` an overlay that appears meanwhile is not overwritten.
+    """
+    if path.exists() and not replace:
         raise UserError(f"{path}: overlay exists already; remove it or choose another path")
     if shutil.which("mkfs.ext3") is None:
         raise UserError("mkfs.ext3 not found: install e2fsprogs")
-    seed = Path(tempfile.mkdtemp(prefix="overlay-seed-", dir=path.parent))
-    tmp = path.with_name(f".{path.name}.partial")
+    seed = Path(tempfile.mkdtemp(prefix=f".{path.name}.seed-", dir=path.parent))
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         (seed / "upper").mkdir(mode=0o755)
         (seed / "work").mkdir(mode=0o755)
+        for folder, (uid, gid, mode) in sorted((folders or {}).items()):
+            dest = seed / "upper" / folder.lstrip("/")
+            dest.mkdir(parents=True, exist_ok=True)
+            os.chown(dest, uid, gid)
+            dest.chmod(mode)
         for target, content in files.items():
             dest = seed / "upper" / target.lstrip("/")
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -47,10 +62,24 @@ def create_overlay(path: Path, files: dict[str, str | bytes], *, size_mib: int =
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise UserError(f"{path}: cannot create overlay: {proc.stderr.strip()[:200]}")
-        os.replace(tmp, path)
+        _move_into_place(tmp, path, replace)
     finally:
         tmp.unlink(missing_ok=True)
         shutil.rmtree(seed, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, path: Path, replace: bool) -> None:
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:  # a hard link never replaces: an overlay made meanwhile by someone else stays
+        os.link(tmp, path)
+    except FileExistsError:
+        raise UserError(f"{path}: overlay exists already; remove it or choose another path") from None
+    except OSError:  # a filesystem without hard links
+        if path.exists():
+            raise UserError(f"{path}: overlay exists already; remove it or choose another path") from None
+        os.rename(tmp, path)
 
 
 def copy_overlay(src: Path, dst: Path) -> None:
