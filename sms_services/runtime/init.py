@@ -111,10 +111,11 @@ def read_munge_key(path: Path) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as err:
         raise UserError(f"{path}: cannot read the munge key ({err.strerror})") from None
+    st = os.fstat(fd)  # of what was opened: no swap between check and read
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UserError(f"{path}: not a regular file; give the munge key file (usually /etc/munge/munge.key)")
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())  # of what was opened: no swap between check and read
-        if not stat.S_ISREG(st.st_mode):
-            raise UserError(f"{path}: not a regular file; give the munge key file (usually /etc/munge/munge.key)")
         if st.st_uid != os.geteuid():
             raise UserError(f"{path}: owned by uid {st.st_uid}; a munge key must be readable by root only "
                             f"(chown root {path}; chmod 0400 {path})")
