@@ -37,7 +37,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     made = init(project, image_facts(project, apptainer, sif), site_path=Path(args.site),
                 overlay=Path(args.overlay).absolute(), size_mib=size,
                 munge_key=Path(args.munge_key) if args.munge_key else None, new_key=args.new_munge_key,
-                force=args.force, apptainer=apptainer)
+                force=args.force, apptainer=apptainer, from_sms=Path(args.from_sms) if args.from_sms else None,
+                keep_slurm_conf=args.keep_slurm_conf, dry_run=args.dry_run,
+                say=lambda s: out_console.print(s, markup=False))
+    if made is None:
+        out_console.print("dry run: nothing was written", markup=False)
+        return 0
     out_console.print(f"made {made.overlay} ({made.size_mib} MiB, sparse) for release {made.release}: "
                       f"{len(made.files)} site files, {made.folders} folders", markup=False)
     if made.new_key:
@@ -174,6 +179,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--munge-key", metavar="FILE", help="the cluster's munge key (1..16 KiB, readable by root only)")
     k.add_argument("--new-munge-key", action="store_true", help="make a new key (a new cluster)")
     s.add_argument("--force", action="store_true", help="replace an existing overlay (of a stopped instance)")
+    s.add_argument("--from-sms", metavar="ROOT", help="import an existing SMS's Slurm state, munge key and users from "
+                                                      "its root filesystem (mounted read-only) or a copy")
+    s.add_argument("--keep-slurm-conf", action="store_true",
+                   help="with --from-sms: keep its slurm.conf, cgroup.conf and included files")
+    s.add_argument("--dry-run", action="store_true", help="with --from-sms: print the plan, write nothing")
     s.add_argument("--allow-unsigned", action="store_true", help="use an unsigned image (development only)")
     add_trust_args(s)
     s.set_defaults(func=cmd_init)

@@ -18,6 +18,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -28,6 +29,7 @@ from sms_services.inputs.fragment import Fragment
 from sms_services.inputs.project import Project
 from sms_services.inputs.site import Site, load_site, render_site
 from sms_services.inputs.slurmconf import SLURM_DIR, problems
+from sms_services.runtime.migrate import Plan, plan_import
 from sms_services.runtime.overlay import create_overlay, in_use
 
 MUNGE_KEY = "/etc/munge/munge.key"
@@ -176,20 +178,25 @@ def check_slurm_with_image(apptainer: Apptainer, sif: Path, files: dict[str, str
 
 @dataclass(frozen=True)
 class ImageFacts:
-    """What init needs of the image: its release (label) and accounts (passwd)."""
+    """What init needs of the image: its release and Slurm (labels) and accounts."""
 
     sif: Path
     release: str
     passwd: str
+    group: str = ""
+    shadow: str = ""
+    slurm: str = ""  # the installed slurmctld's version
 
 
 def image_facts(project: Project, apptainer: Apptainer, sif: Path) -> ImageFacts:
     from sms_services.image.accounts import image_accounts
 
-    release = apptainer.labels(sif).get("sms-services.release", "")
+    labels = apptainer.labels(sif)
+    release = labels.get("sms-services.release", "")
     if release not in project.matrix.releases:
         raise UserError(f"{sif}: not an SMS-services image (no known sms-services.release label)")
-    return ImageFacts(sif, release, image_accounts(apptainer, sif)[0])
+    passwd, group, shadow = image_accounts(apptainer, sif)
+    return ImageFacts(sif, release, passwd, group, shadow, labels.get("sms-services.slurm.installed", ""))
 
 
 @dataclass(frozen=True)
@@ -203,9 +210,12 @@ class Made:
 
 
 def init(project: Project, image: ImageFacts, *, site_path: Path, overlay: Path, size_mib: int,
-         munge_key: Path | None, new_key: bool, force: bool = False, apptainer: Apptainer | None = None) -> Made:
-    """Check everything, then make the overlay. ``apptainer``: also read the image's folders
-    and run its Slurm on the site's slurm.conf (None only in tests without root)."""
+         munge_key: Path | None, new_key: bool, force: bool = False, apptainer: Apptainer | None = None,
+         from_sms: Path | None = None, keep_slurm_conf: bool = False, dry_run: bool = False,
+         say: Callable[[str], None] = lambda s: None) -> Made | None:
+    """Check everything, then make the overlay (with ``from_sms``: say the import plan first;
+    ``dry_run``: only that). ``apptainer``: also read the image's folders and run its Slurm
+    on the site's slurm.conf (None only in tests without root)."""
     if overlay.exists() and not force:
         raise UserError(f"{overlay}: exists already; smsctl init makes a new overlay (--force replaces it)")
     if overlay.exists() and (not overlay.is_file() or in_use(overlay)):
@@ -213,17 +223,48 @@ def init(project: Project, image: ImageFacts, *, site_path: Path, overlay: Path,
                         "--force replaces only a stopped instance's overlay")
     if not overlay.parent.is_dir():
         raise UserError(f"{overlay.parent}: no such folder")
-    if munge_key is None and not new_key:
+    if from_sms is None and munge_key is None and not new_key:
         raise UserError("give --munge-key FILE (the key the cluster's nodes hold) or --new-munge-key "
                         "(a new cluster: give its nodes the same key)")
+    if from_sms is not None and new_key:
+        raise UserError("--new-munge-key with --from-sms: the nodes hold the old SMS's key; leave it out")
+    if from_sms is None and (keep_slurm_conf or dry_run):
+        raise UserError("--keep-slurm-conf and --dry-run go with --from-sms ROOT")
     fragments = project.sms_fragments(image.release)
     site = load_site(site_path, fragments, list(project.fragments.values()))
-    key = secrets.token_bytes(KEY_MIN) if new_key else read_munge_key(munge_key)  # type: ignore[arg-type]
+    state_paths = sorted({p for f in fragments for p in f.state})
+    plan = None
+    if from_sms is not None:
+        if keep_slurm_conf and site.values.get("slurm_conf"):
+            raise UserError(f"{site_path}: names its own slurm_conf; --keep-slurm-conf would keep the old SMS's "
+                            "instead: give one of them")
+        plan = plan_import(from_sms, site=site, state_paths=state_paths,
+                           image=(image.passwd, image.group, image.shadow), image_slurm=image.slurm,
+                           keep_slurm_conf=keep_slurm_conf, need_key=munge_key is None)
+        for line in plan.imports:
+            say(f"import: {line}")
+        for line in plan.changes:
+            say(f"change: {line}")
+        for line in plan.refusals:
+            say(f"refused: {line}")
+        if plan.refusals:
+            raise UserError(f"--from-sms {from_sms}: {len(plan.refusals)} problem(s) above; nothing was written")
+        if dry_run:
+            return None
+    if munge_key is not None:
+        key = read_munge_key(munge_key)
+    elif plan is not None and plan.munge_key is not None:
+        key = plan.munge_key
+    else:
+        key = secrets.token_bytes(KEY_MIN)
     seed = seed_of(site, fragments, image.release, image.passwd, key)
+    imported: Folders = {}
+    if plan is not None:
+        seed = _with_plan(seed, plan)
+        imported = dict(plan.folders)
     text = {k: v for k, v in seed.files.items() if isinstance(v, str)}
     found = problems(text, hostname=str(site.values.get("sms_hostname", "")),
-                     address=str(site.values.get("provision_ip", "")),
-                     state=sorted({p for f in fragments for p in f.state}))
+                     address=str(site.values.get("provision_ip", "")), state=state_paths)
     if found:
         raise UserError(f"{site_path}: " + "; ".join(found))
     check_free_space(overlay.parent, size_mib)
@@ -231,5 +272,16 @@ def init(project: Project, image: ImageFacts, *, site_path: Path, overlay: Path,
     if apptainer is not None:
         check_slurm_with_image(apptainer, image.sif, seed.files)
         folders = image_folders(apptainer, image.sif, seed.folders)
-    seed_overlay(overlay, seed, folders, size_mib=size_mib, replace=force)
+    seed_overlay(overlay, seed, {**folders, **imported}, size_mib=size_mib, replace=force)
     return Made(overlay, image.release, size_mib, sorted(seed.files), len(seed.folders), new_key)
+
+
+def _with_plan(seed: Seed, plan: Plan) -> Seed:
+    """The seed with what the plan imports (files, owners, modes replace the rendered ones)."""
+    files = {**seed.files, **plan.files}
+    wanted = set(seed.folders) | set(plan.folders)
+    for path in plan.files:
+        wanted.update(str(p) for p in PurePosixPath(path).parents if str(p) != "/")
+    for path in plan.folders:
+        wanted.update(str(p) for p in PurePosixPath(path).parents if str(p) != "/")
+    return Seed(files, {**seed.owners, **plan.owners}, {**seed.modes, **plan.modes}, sorted(wanted))

@@ -261,3 +261,120 @@ def test_sizes(text: str, mib: int) -> None:
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(UserError, match="--size"):
         parse_size(text)
+
+
+# --- init --from-sms: the plan -----------------------------------------------------------
+def state_header(major: str) -> bytes:
+    from sms_services import slurm
+
+    tag = b"PROTOCOL_VERSION\0"
+    return len(tag).to_bytes(4, "big") + tag + ((35 + slurm.MAJORS.index(major)) << 8).to_bytes(2, "big")
+
+
+def old_sms(tmp_path: Path, *, conf: str | None = None, state: str = "24.05", where: str = "/var/spool/slurm/ctld",
+            key: int = 1024) -> Path:
+    """A monolithic SMS's root: slurm.conf, munge key, accounts, controller state."""
+    root = tmp_path / "oldsms"
+    (root / "etc/slurm").mkdir(parents=True)
+    (root / "etc/munge").mkdir(parents=True)
+    (root / "etc/slurm/slurm.conf").write_text(conf if conf is not None else own_conf(
+        StateSaveLocation=where) + "NodeName=c1 Feature=fast\n")
+    (root / "etc/slurm/nodes.conf").write_text("NodeName=c2\n")
+    (root / "etc/slurm/gres.conf").write_text("# none\n")
+    if key:
+        (root / "etc/munge/munge.key").write_bytes(b"k" * key)
+    me = os.geteuid()
+    (root / "etc/passwd").write_text(f"root:x:0:0::/root:/bin/sh\nslurm:x:{me}:{me}::/:/bin/false\n"
+                                     "alice:x:1001:1001::/home/alice:/bin/bash\nnobody:x:65534:65534::/:/bin/false\n"
+                                     "bob:x:1002:1001::/home/bob:/bin/bash\n")
+    (root / "etc/group").write_text(f"root:x:0:\nslurm:x:{me}:\nusers:x:1001:\n")
+    (root / "etc/shadow").write_text("root:*:1::::::\nalice:$6$abc:1::::::\nbob:!:1::::::\n")
+    spool = root / where.lstrip("/")
+    (spool / "hash.3/job.3").mkdir(parents=True)
+    (spool / "job_state").write_bytes(state_header(state) + b"jobs")
+    (spool / "node_state").write_bytes(state_header(state) + b"nodes")
+    (spool / "hash.3/job.3/script").write_text("#!/bin/sh\nsleep 60\n")
+    return root
+
+
+def image_35() -> ImageFacts:
+    me = os.geteuid()
+    return ImageFacts(Path("/nonexistent.sif"), "3.5",
+                      f"root:x:0:0::/root:/bin/sh\nmunge:x:{me}:{me}::/:/bin/false\nslurm:x:{me}:{me}::/:/bin/false\n",
+                      f"root:x:0:\nshadow:x:42:\nslurm:x:{me}:\n", "root:*:1::::::\n", "24.11.5")
+
+
+def test_from_sms_imports_state_key_users_and_says_so(project: Project, tmp_path: Path) -> None:
+    root = old_sms(tmp_path)
+    said: list[str] = []
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert make(project, tmp_path, image=image_35(), new_key=False, from_sms=root, dry_run=True,
+                say=said.append) is not None  # (make returns the path it would have made)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # a dry run writes nothing
+    assert any("Slurm state: /var/spool/slurm/ctld (3 files, Slurm 24.05) -> /var/spool/slurmctld" in s
+               for s in said), said
+    assert "change: StateSaveLocation /var/spool/slurm/ctld -> /var/spool/slurmctld (the rendered slurm.conf's)" \
+        in said
+    assert any("accounts: 2 users, 1 groups" in s for s in said) and not any(s.startswith("refused") for s in said)
+
+    img = make(project, tmp_path, image=image_35(), new_key=False, from_sms=root)
+    found = tree(img)
+    assert {"/var/spool/slurmctld/job_state", "/var/spool/slurmctld/hash.3/job.3/script"} <= set(found)
+    def cat(path: str) -> bytes:
+        return subprocess.run(["debugfs", "-R", f"cat /upper{path}", str(img)], capture_output=True).stdout
+    assert cat("/etc/munge/munge.key") == b"k" * 1024
+    passwd = cat("/etc/passwd").decode()
+    assert "alice:x:1001:1001" in passwd and "bob:x:1002" in passwd and "nobody" not in passwd
+    assert passwd.startswith("root:x:0:0") and "munge:x:" in passwd  # the image's own accounts stay
+    assert "alice:$6$abc" in cat("/etc/shadow").decode() and found["/etc/shadow"][0] == "100640"
+    assert "Feature=fast" not in cat("/etc/slurm/slurm.conf").decode()  # rendered: not kept
+
+
+def test_from_sms_keeps_the_slurm_files_when_asked(project: Project, tmp_path: Path) -> None:
+    root = old_sms(tmp_path, where="/var/spool/slurmctld/state")
+    said: list[str] = []
+    img = make(project, tmp_path, image=image_35(), new_key=False, from_sms=root, keep_slurm_conf=True,
+               say=said.append)
+    found = tree(img)
+    assert {"/etc/slurm/nodes.conf", "/etc/slurm/gres.conf", "/var/spool/slurmctld/state/job_state"} <= set(found)
+    conf = subprocess.run(["debugfs", "-R", "cat /upper/etc/slurm/slurm.conf", str(img)],
+                          capture_output=True).stdout.decode()
+    assert "Feature=fast" in conf and "PartitionName=gpu" in conf
+    assert not any(s.startswith("change: StateSaveLocation") for s in said)
+
+
+@pytest.mark.parametrize("kw, keep, expect", [
+    ({"conf": own_conf(SlurmctldHost="oldsms(10.1.0.1)")}, False,
+     "SlurmctldHost=oldsms(10.1.0.1) must name SMS-services"),
+    ({"conf": own_conf(SlurmctldParameters="")}, False, "lacks enable_configless"),
+    ({"state": "22.05"}, False, "state of Slurm 22.05, the image runs 24.11.5: Slurm 22.05 -> 24.11 skips"),
+    ({"state": "25.05"}, False, "state of Slurm 25.05, the image runs 24.11.5: Slurm 24.11 is older than 25.05"),
+    ({"where": "/home/slurm/state"}, True, "StateSaveLocation=/home/slurm/state is outside the state paths"),
+    ({"where": "/var/spool/other"}, False, "/var/spool/slurmctld: no Slurm state (job_state) there"),
+    ({"key": 100}, False, "munge.key: 100 bytes"),
+    ({"key": 0}, False, "munge.key: missing"),
+])
+def test_from_sms_refuses_what_cannot_work_and_writes_nothing(project: Project, tmp_path: Path, kw: dict,
+                                                              keep: bool, expect: str) -> None:
+    root = old_sms(tmp_path, **{k: v for k, v in kw.items() if k != "where"},
+                   where=kw.get("where", "/var/spool/slurm/ctld"))
+    if kw.get("where") == "/var/spool/other":  # slurm.conf names a folder the old SMS does not have
+        (root / "etc/slurm/slurm.conf").write_text(own_conf(StateSaveLocation="/var/spool/slurmctld"))
+    said: list[str] = []
+    with pytest.raises(UserError, match=r"--from-sms .*: \d problem\(s\) above; nothing was written"):
+        make(project, tmp_path, image=image_35(), new_key=False, from_sms=root, keep_slurm_conf=keep,
+             say=said.append)
+    refused = [s for s in said if s.startswith("refused: ")]
+    assert any(expect in s for s in refused), said
+    assert all("\n" not in s for s in said)
+    assert left_in(tmp_path) == ["oldsms"]
+
+
+def test_from_sms_with_a_missing_root_or_a_new_key_is_one_line(project: Project, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="nowhere: no such folder; give the old SMS's root filesystem"):
+        make(project, tmp_path, image=image_35(), new_key=False, from_sms=tmp_path / "nowhere")
+    with pytest.raises(UserError, match="--new-munge-key with --from-sms"):
+        make(project, tmp_path, image=image_35(), new_key=True, from_sms=old_sms(tmp_path))
+    with pytest.raises(UserError, match="no etc/slurm/slurm.conf there"):
+        make(project, tmp_path, image=image_35(), new_key=False, from_sms=tmp_path)
+    assert left_in(tmp_path) == ["oldsms"]
