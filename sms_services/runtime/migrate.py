@@ -181,10 +181,9 @@ def _import_tree(plan: Plan, source: Path, dest: str, *, image: Accounts, old_pa
     gid_names = {v: k for k, v in ids(old_group).items()}
     new_uids, new_gids = ids(image[0]), ids(image[1])
 
-    def owner(st: os.stat_result) -> tuple[int, int]:
-        uid = new_uids.get(uid_names.get(st.st_uid, ""), st.st_uid if st.st_uid >= FIRST_USER else 0)
-        gid = new_gids.get(gid_names.get(st.st_gid, ""), st.st_gid if st.st_gid >= FIRST_USER else 0)
-        return uid, gid
+    def owner(st: os.stat_result) -> tuple[int, int]:  # a number without a name stays as it is
+        return (new_uids.get(uid_names.get(st.st_uid, ""), st.st_uid),
+                new_gids.get(gid_names.get(st.st_gid, ""), st.st_gid))
 
     count = 0
     for dirpath, dirnames, filenames in os.walk(source):

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,3 +152,62 @@ def test_the_sites_own_slurm_conf_is_checked_by_the_image_and_served(
     finally:
         stop(lab, project, admin)
     assert os.path.exists(overlay)
+
+
+def test_migration_from_a_running_sms_keeps_its_jobs_config_and_history(
+        apptainer, lab: Lab, project: Project, admin: dict[str, Path]) -> None:
+    """The old SMS here is an instance with a slurm.conf of its own (a second partition, a node
+    feature) and jobs running; its root is read from its overlay, mounted read-only. Then:
+    init --from-sms --keep-slurm-conf, stop the old controller, start SMS-services."""
+    rendered = lab.site_files["/etc/slurm/slurm.conf"]
+    conf = rendered.replace("NodeName=c1 NodeAddr=198.18.0.11 CPUs=1 RealMemory=1000",
+                            "NodeName=c1 NodeAddr=198.18.0.11 CPUs=1 RealMemory=1000 Feature=fast")
+    conf += "Include partitions.conf\n"
+    old_overlay, new_overlay = admin["work"] / "old-sms.img", admin["work"] / "migrated.img"
+    site = project.root / "overlays/lab/site.yaml"
+    init_and_start(lab, project, admin, own_site(lab, project, admin["work"] / "old", conf), old_overlay)
+    root = admin["work"] / "old-root"
+    root.mkdir()
+    try:
+        assert probe_services(lab, only={"slurmctld"}, ready_timeout=90).ok
+        done = submit(lab, 0, "before-migration")
+        assert finished_ok(lab, done, "before-migration") == ""
+        running = submit(lab, 30, "across-migration")
+        time.sleep(6)  # slurmctld saves its state within seconds of a change
+        # The old SMS stops its controller (a stopped instance: its overlay is consistent).
+        t_stop = time.monotonic()
+        stop(lab, project, admin)
+        subprocess.run(["mount", "-o", "loop,ro,noload", str(old_overlay), str(root)], check=True)
+        old_root = root / "upper"
+
+        r = run(lab, project, admin, "init", str(admin["sif"]), "--site", str(site), "--overlay", str(new_overlay),
+                "--from-sms", str(old_root), "--keep-slurm-conf", "--dry-run", "--key", str(admin["key"]))
+        assert r.returncode == 0 and "dry run: nothing was written" in r.stdout, r.stdout + r.stderr
+        assert "Slurm 24.11" in r.stdout and "munge key" in r.stdout, r.stdout
+        assert not new_overlay.exists()
+        r = run(lab, project, admin, "init", str(admin["sif"]), "--site", str(site), "--overlay", str(new_overlay),
+                "--from-sms", str(old_root), "--keep-slurm-conf", "--key", str(admin["key"]))
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = run(lab, project, admin, "start", str(admin["sif"]), "--name", lab.sms_instance, "--overlay",
+                str(new_overlay), "--site", str(site), "--provision-bridge", f"{lab.name}-p", "--public-bridge",
+                f"{lab.name}-u", "--bind", f"{lab.work}/hosts:/etc/hosts", "--bind",
+                f"{lab.work}/resolv.conf:/etc/resolv.conf", "--key", str(admin["key"]))
+        assert r.returncode == 0, r.stdout + r.stderr
+        lab.sms_overlay = new_overlay
+        deadline = time.monotonic() + 60
+        while lab.on_node("c1", ["scontrol", "ping"])[1].count("UP") == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        gap = round(time.monotonic() - t_stop, 1)
+        print(f"migration gap (old controller stopped -> new one answers, init included): {gap} s")
+        assert gap < 120
+        assert finished_ok(lab, running, "across-migration") == ""
+        rc, out, _ = lab.on_sms(["squeue", "-h", "-t", "all", "-o", "%i"])
+        assert done in out.split(), out  # the queue's history came along
+        rc, out, err = lab.on_node("c2", ["sinfo", "-h", "-N", "-o", "%P %N %f"])
+        assert "big c1 fast" in out, (out, err)
+        outcome = probe_services(lab, ready_timeout=90)
+        assert outcome.ok, outcome.failed
+    finally:
+        subprocess.run(["umount", str(root)], capture_output=True)
+        if lab.sms_pids():
+            stop(lab, project, admin)
