@@ -9,11 +9,11 @@ test is the instance `smsctl start` starts on the overlay `smsctl init` made.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -107,6 +107,19 @@ def test_init_then_start_on_a_fresh_overlay_passes_every_probe(
     assert re.search(rf"User:\s+{uid}\s+Group:\s+{gid}\s", stat) and "Mode:  0400" in stat, stat[:300]
 
 
+@contextmanager
+def mgmt_serves(lab: Lab, conf: str) -> Iterator[None]:
+    """SMS-mgmt's Warewulf syncs slurm.conf to SMS-services (wwclient): a site with its own
+    gives Warewulf the same one, or the next sync replaces it."""
+    path = lab.work / "mgmt/etc/slurm/slurm.conf"
+    before = path.read_text()
+    path.write_text(conf)
+    try:
+        yield
+    finally:
+        path.write_text(before)
+
+
 def own_site(lab: Lab, project: Project, folder: Path, slurm_conf: str, **more: object) -> Path:
     folder.mkdir(exist_ok=True)
     data = yaml.safe_load((project.root / "overlays/lab/site.yaml").read_text())
@@ -137,7 +150,13 @@ def test_the_sites_own_slurm_conf_is_checked_by_the_image_and_served(
     assert not overlay.exists() and not [p for p in admin["work"].iterdir() if p.name.startswith(".")]
 
     site = own_site(lab, project, admin["work"] / "own", conf)
-    init_and_start(lab, project, admin, site, overlay)
+    with mgmt_serves(lab, conf):
+        init_and_start(lab, project, admin, site, overlay)
+        served(lab, project, admin)
+
+
+def served(lab: Lab, project: Project, admin: dict[str, Path]) -> None:
+    """Every probe passes, and the partition and the feature are served and used."""
     try:
         outcome = probe_services(lab, ready_timeout=90)
         assert outcome.ok, outcome.failed
@@ -151,7 +170,6 @@ def test_the_sites_own_slurm_conf_is_checked_by_the_image_and_served(
         assert finished_ok(lab, out.strip(), "big") == ""
     finally:
         stop(lab, project, admin)
-    assert os.path.exists(overlay)
 
 
 def test_migration_from_a_running_sms_keeps_its_jobs_config_and_history(
@@ -164,10 +182,16 @@ def test_migration_from_a_running_sms_keeps_its_jobs_config_and_history(
                             "NodeName=c1 NodeAddr=198.18.0.11 CPUs=1 RealMemory=1000 Feature=fast")
     conf += "Include partitions.conf\n"
     old_overlay, new_overlay = admin["work"] / "old-sms.img", admin["work"] / "migrated.img"
-    site = project.root / "overlays/lab/site.yaml"
-    init_and_start(lab, project, admin, own_site(lab, project, admin["work"] / "old", conf), old_overlay)
     root = admin["work"] / "old-root"
     root.mkdir()
+    with mgmt_serves(lab, conf):
+        migrate(lab, project, admin, conf, old_overlay, new_overlay, root)
+
+
+def migrate(lab: Lab, project: Project, admin: dict[str, Path], conf: str, old_overlay: Path, new_overlay: Path,
+            root: Path) -> None:
+    site = project.root / "overlays/lab/site.yaml"
+    init_and_start(lab, project, admin, own_site(lab, project, admin["work"] / "old", conf), old_overlay)
     try:
         assert probe_services(lab, only={"slurmctld"}, ready_timeout=90).ok
         done = submit(lab, 0, "before-migration")
