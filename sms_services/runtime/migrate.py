@@ -130,7 +130,10 @@ def plan_import(root: Path, *, site: Site, state_paths: list[str], image: Accoun
         plan.refusals.append(f"{source}: no Slurm state (job_state) there: the StateSaveLocation of "
                              f"{root}/etc/slurm/slurm.conf; stop the old slurmctld only after it saved its state")
     else:
-        allowed, why = slurm.upgrade_allowed(version, image_slurm)
+        try:
+            allowed, why = slurm.upgrade_allowed(version, image_slurm)
+        except ValueError:  # an image built before the label, or a Slurm this tool does not know
+            allowed, why = False, f"the image's Slurm version {image_slurm!r} is unknown (label sms-services.slurm.installed)"
         if not allowed:
             plan.refusals.append(f"{source}: state of Slurm {version}, the image runs {image_slurm}: {why}")
         count = _import_tree(plan, source, dest, image=image, old_passwd=_text(root, "/etc/passwd"),

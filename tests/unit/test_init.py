@@ -370,6 +370,14 @@ def test_from_sms_refuses_what_cannot_work_and_writes_nothing(project: Project, 
     assert left_in(tmp_path) == ["oldsms"]
 
 
+def test_from_sms_into_an_image_of_unknown_slurm_is_refused(project: Project, tmp_path: Path) -> None:
+    said: list[str] = []
+    unknown = ImageFacts(**{**image_35().__dict__, "slurm": ""})
+    with pytest.raises(UserError, match="1 problem"):
+        make(project, tmp_path, image=unknown, new_key=False, from_sms=old_sms(tmp_path), say=said.append)
+    assert any("the image's Slurm version '' is unknown" in s for s in said), said
+
+
 def test_from_sms_with_a_missing_root_or_a_new_key_is_one_line(project: Project, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="nowhere: no such folder; give the old SMS's root filesystem"):
         make(project, tmp_path, image=image_35(), new_key=False, from_sms=tmp_path / "nowhere")
