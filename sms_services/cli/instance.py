@@ -1,4 +1,4 @@
-"""smsctl start, status, stop, reconcile and cutover: SMS-services running on this host, and its upgrade."""
+"""smsctl init, start, status, stop, reconcile and cutover: SMS-services running on this host, and its upgrade."""
 
 from __future__ import annotations
 
@@ -19,6 +19,38 @@ from sms_services.cli.common import (
 )
 from sms_services.errors import UserError
 from sms_services.runtime.deploy import DEFAULT_NODE_EXEC
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import signal
+
+    from sms_services.apptainer import Apptainer
+    from sms_services.runtime.init import image_facts, init, parse_size
+    from sms_services.trust.signing import check
+
+    # SIGTERM stops init like Ctrl-C does: its temporary files go, no half overlay stays.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    size = parse_size(args.size)
+    project, apptainer = project_of(args), Apptainer.find()
+    sif = sif_of(args, args.sif).resolve()
+    check(apptainer, sif, trust_of(args), warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
+    made = init(project, image_facts(project, apptainer, sif), site_path=Path(args.site),
+                overlay=Path(args.overlay).absolute(), size_mib=size,
+                munge_key=Path(args.munge_key) if args.munge_key else None, new_key=args.new_munge_key,
+                force=args.force, apptainer=apptainer, from_sms=Path(args.from_sms) if args.from_sms else None,
+                keep_slurm_conf=args.keep_slurm_conf, dry_run=args.dry_run,
+                say=lambda s: out_console.print(s, markup=False))
+    if made is None:
+        out_console.print("dry run: nothing was written", markup=False)
+        return 0
+    out_console.print(f"made {made.overlay} ({made.size_mib} MiB, sparse) for release {made.release}: "
+                      f"{len(made.files)} site files, {made.folders} folders", markup=False)
+    if made.new_key:
+        out_console.print("a new munge key is in the overlay: the nodes need the same one "
+                          f"(debugfs -R 'cat /upper/etc/munge/munge.key' {made.overlay} > munge.key)", markup=False)
+    out_console.print(f"next: smsctl start {args.sif} --overlay {made.overlay} --site {args.site} "
+                      "--provision-bridge BRIDGE --public-bridge BRIDGE", markup=False)
+    return 0
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -172,6 +204,25 @@ def cmd_cutover(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("init", help="make a new instance's overlay: the site's files, the munge key, the state "
+                                    "folders, for the image's release")
+    s.add_argument("sif", metavar="IMAGE", help="the release-signed image (a SIF or a release id)")
+    s.add_argument("--site", required=True, help="the site file (smsctl site check SITE checks it alone)")
+    s.add_argument("--overlay", required=True, help="the overlay to make (an ext3 image file)")
+    s.add_argument("--size", default="4G", help="its size (sparse; default 4G)")
+    k = s.add_mutually_exclusive_group()
+    k.add_argument("--munge-key", metavar="FILE", help="the cluster's munge key (1..16 KiB, readable by root only)")
+    k.add_argument("--new-munge-key", action="store_true", help="make a new key (a new cluster)")
+    s.add_argument("--force", action="store_true", help="replace an existing overlay (of a stopped instance)")
+    s.add_argument("--from-sms", metavar="ROOT", help="import an existing SMS's Slurm state, munge key and users from "
+                                                      "its root filesystem (mounted read-only) or a copy")
+    s.add_argument("--keep-slurm-conf", action="store_true",
+                   help="with --from-sms: keep its slurm.conf, cgroup.conf and included files")
+    s.add_argument("--dry-run", action="store_true", help="with --from-sms: print the plan, write nothing")
+    s.add_argument("--allow-unsigned", action="store_true", help="use an unsigned image (development only)")
+    add_trust_args(s)
+    s.set_defaults(func=cmd_init)
+
     s = sub.add_parser("start", help="start SMS-services on this host and record how (for smsctl cutover)")
     s.add_argument("sif", metavar="SIF", help="the release-signed image (a SIF or a release id)")
     s.add_argument("--name", default="sms-services", help="the instance name (default sms-services)")

@@ -38,8 +38,18 @@ def cmd_site_check(args: argparse.Namespace) -> int:
     release = args.release or project.matrix.default
     frags = project.sms_fragments(release)
     site = load_site(Path(args.site), frags, list(project.fragments.values()))
+    from sms_services.inputs.slurmconf import problems
+
     files = render_site(site, frags, release)
-    print(f"ok: {args.site} renders {len(files)} files for release {release}")
+    found = problems(files, hostname=str(site.values.get("sms_hostname", "")),
+                     address=str(site.values.get("provision_ip", "")),
+                     state=sorted({p for f in frags for p in f.state}))
+    for line in found:
+        err_console.print(f"{args.site}: {line}", markup=False)
+    if found:
+        return 1
+    print(f"ok: {args.site} renders {len(files)} files for release {release} (smsctl init also runs the "
+          "image's Slurm on slurm.conf)")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,12 @@ from sms_services.inputs.sitetypes import shown
 from sms_services.inputs.yamlfile import load_mapping, one_line
 
 SITE_ENV = "/etc/sms-services/site.env"
+# Site variables naming a file of the site's own that is used instead of a rendered one
+# (a real cluster's slurm.conf with its partitions, QoS, prolog...): variable -> overlay path.
+OWN_FILES = {"slurm_conf": "/etc/slurm/slurm.conf", "cgroup_conf": "/etc/slurm/cgroup.conf"}
+# ... and the one naming further files that go beside them (gres.conf, topology.conf, an Include).
+OWN_EXTRA = ("slurm_files", "/etc/slurm")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,7 @@ def render_site(site: Site, fragments: tuple[Fragment, ...] | list[Fragment],
                 files[target] = env.from_string(path.read_text()).render(context)
             except jinja2.TemplateError as err:
                 raise UserError(f"{path}: cannot render for {site.path} ({err})") from None
+    files.update(own_files(site, fragments))
     lines = ["# Site values for the run scripts, rendered by smsctl from " + site.path.name]
     decl = declared(fragments)
     # Only what these fragments declare, and never a secret: every process sees this file.
@@ -140,3 +148,36 @@ def render_site(site: Site, fragments: tuple[Fragment, ...] | list[Fragment],
               if k in decl and not decl[k][0].secret]
     files[SITE_ENV] = "\n".join(lines) + "\n"
     return files
+
+
+def own_files(site: Site, fragments: tuple[Fragment, ...] | list[Fragment]) -> dict[str, str]:
+    """The site's own config files (paths relative to the site file) that replace or join
+    the rendered ones: image path -> content. Only for variables these fragments declare."""
+    decl = declared(fragments)
+    out: dict[str, str] = {}
+    for var, target in OWN_FILES.items():
+        if var in decl and site.values.get(var):
+            out[target] = _read_own(site, var, str(site.values[var]))
+    var, folder = OWN_EXTRA
+    if var in decl:
+        given = site.values.get(var) or []
+        if not isinstance(given, list):
+            raise UserError(f"{site.path}: field '{var}' must be a list of file paths")
+        for i, name in enumerate(given):
+            base = Path(str(name)).name
+            target = f"{folder}/{base}"
+            if not _FILE_NAME.match(base) or target in OWN_FILES.values() or target in out:
+                raise UserError(f"{site.path}: field '{var}[{i}]' {name!r} cannot go to {target} "
+                                "(a plain file name, not slurm.conf or cgroup.conf, each once)")
+            out[target] = _read_own(site, f"{var}[{i}]", str(name))
+    return out
+
+
+def _read_own(site: Site, field: str, name: str) -> str:
+    path = site.path.parent / name  # (an absolute name stays as it is)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else "not UTF-8 text"
+        raise UserError(f"{site.path}: field '{field}': cannot read {path} ({reason})") from None
+    return text if text.endswith("\n") else text + "\n"

@@ -36,6 +36,8 @@ PATTERNS = {
     "host:port": rf"(?:{_HOSTNAME}|{_IPV4})(?::{_PORT})?",
     # Absolute; no segment starts with '.', so no '.' or '..' and nothing hidden.
     "path": r"(?:/[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}){1,32}",
+    # A file on the admin's host, absolute or relative to the site file ('..' allowed: it is read, never written).
+    "file": r"/?(?:[A-Za-z0-9_.+-]{1,255}/){0,32}[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,254}",
     "relay": rf"(?:\[(?:{_HOSTNAME}|{_IPV4})\]|{_HOSTNAME}|{_IPV4})(?::{_PORT})?",
 }
 
@@ -239,6 +241,8 @@ _TYPES: dict[str, _Kind] = {
                  "a hardware address like 02:00:c6:12:00:02 (quoted in YAML)"),
     "path": _kind("path", "an absolute path: '/'-separated names of letters, digits, '_', '.', '+', '-' "
                   "(none starting with '.')", "an absolute path like /etc/warewulf/tls/warewulf.crt"),
+    "file": _kind("file", "a file on this host, absolute or relative to the site file: '/'-separated names of "
+                  "letters, digits, '_', '.', '+', '-'", "a file path like slurm/slurm.conf or /etc/slurm/slurm.conf"),
     "word": _kind("word", "printable ASCII without spaces, quotes, '\\' or '#' (1-128), e.g. a password",
                   "printable ASCII without spaces, quotes, '\\' or '#' (1-128 characters)"),
     "choice": _Kind("one of the fragment's choices",

@@ -50,6 +50,7 @@ from sms_services.runtime.instance import (
     stop_instance,
     write_network,
 )
+from sms_services.runtime.init import image_folders, seed_of, seed_overlay
 from sms_services.runtime.overlay import create_overlay, read_overlay_file
 from sms_services.runtime.target import SmsTarget
 
@@ -294,12 +295,11 @@ class Lab(SmsTarget):
 
     def _start_sms(self) -> None:
         if self.sms_overlay is None:
-            files = dict(self.site_files)
-            files["/etc/munge/munge.key"] = self.munge_key
+            # Seeded exactly as `smsctl init` seeds a production overlay.
+            seed = seed_of(self.site, self.sms_fragments, self.release, self.passwd, self.munge_key)
             self.sms_overlay = self.work / "sms-overlay.img"
-            owners, modes = self.site_file_modes()
-            create_overlay(self.sms_overlay, files, size_mib=int(os.environ.get("SMS_LAB_OVERLAY_MIB", "256")),
-                           owners=owners, modes=modes)
+            seed_overlay(self.sms_overlay, seed, image_folders(self.apptainer, self.sms_sif, seed.folders),
+                         size_mib=int(os.environ.get("SMS_LAB_OVERLAY_MIB", "256")))
         self.timings["sms_instance_start_s"] = self.start_sms(self.sms_sif)
 
     def start_sms(self, sif: Path, *, host: str = "") -> float:

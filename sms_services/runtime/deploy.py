@@ -261,8 +261,8 @@ def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overl
     """Start ``sif`` on ``overlay`` and record how (the caller has checked its signature:
     ``sif`` is the checked copy, ``source`` the path it came from)."""
     if not overlay.is_file():
-        raise UserError(f"{overlay}: no such overlay; create it first (apptainer overlay create) with the "
-                        "site's files and munge key, or restore a backup")
+        raise UserError(f"{overlay}: no such overlay; make it first (smsctl init SIF --site SITE --overlay "
+                        f"{overlay} --munge-key KEY), or restore a backup")
     for bridge in (provision_bridge, public_bridge):
         if not is_bridge(bridge):
             raise UserError(f"bridge {bridge!r}: no such Linux bridge on this host; create it "

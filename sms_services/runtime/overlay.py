@@ -23,16 +23,29 @@ from sms_services.files import copy_file, read_file, replacing
 
 def create_overlay(path: Path, files: dict[str, str | bytes], *, size_mib: int = 256,
                    owners: dict[str, tuple[int, int]] | None = None,
-                   modes: dict[str, int] | None = None) -> None:
-    """A new overlay at ``path`` whose upper layer holds ``files`` (image path -> content)."""
-    if path.exists():
+                   modes: dict[str, int] | None = None,
+                   folders: dict[str, tuple[int, int, int]] | None = None,
+                   replace: bool = False) -> None:
+    """A new overlay at ``path`` whose upper layer holds ``files`` (image path -> content)
+    and ``folders`` (image path -> uid, gid, mode; parents before children).
+
+    It is built under a name made exclusively in the target folder and renamed
+    into place only when complete, so a failure or Ctrl-C leaves nothing half
+    made; without ``replace`` an overlay that appears meanwhile is not overwritten.
+    """
+    if path.exists() and not replace:
         raise UserError(f"{path}: overlay exists already; remove it or choose another path")
     if shutil.which("mkfs.ext3") is None:
         raise UserError("mkfs.ext3 not found: install e2fsprogs")
-    seed = Path(tempfile.mkdtemp(prefix="overlay-seed-", dir=path.parent))
+    seed = Path(tempfile.mkdtemp(prefix=f".{path.name}.seed-", dir=path.parent))
     try:
         (seed / "upper").mkdir(mode=0o755)
         (seed / "work").mkdir(mode=0o755)
+        for folder, (uid, gid, mode) in sorted((folders or {}).items()):
+            dest = seed / "upper" / folder.lstrip("/")
+            dest.mkdir(parents=True, exist_ok=True)
+            os.chown(dest, uid, gid)
+            dest.chmod(mode)
         for target, content in files.items():
             dest = seed / "upper" / target.lstrip("/")
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -44,8 +57,9 @@ def create_overlay(path: Path, files: dict[str, str | bytes], *, size_mib: int =
             if owners and target in owners:
                 os.chown(dest, *owners[target])
         # mkfs writes the staged file through this process' open folder (files.replacing):
-        # never a link planted at a name beside the overlay.
-        with replacing(path, 0o644, keep_existing=True) as new:
+        # never a link planted at a name beside the overlay; without ``replace`` an overlay
+        # that appeared meanwhile is kept (a link, never a rename over it).
+        with replacing(path, 0o644, keep_existing=not replace) as new:
             proc = subprocess.run(["mkfs.ext3", "-q", "-F", "-d", str(seed), str(new.path), f"{size_mib}M"],
                                   capture_output=True, text=True)
             if proc.returncode != 0:

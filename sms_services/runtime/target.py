@@ -14,10 +14,11 @@ import ipaddress
 from pathlib import Path
 
 from sms_services.apptainer import Apptainer
-from sms_services.image.accounts import Accounts, owner_of
+from sms_services.image.accounts import Accounts
 from sms_services.inputs.fragment import Fragment
 from sms_services.inputs.site import Site
 from sms_services.probes.registry import ProbeFailed
+from sms_services.runtime.init import file_modes
 from sms_services.runtime.instance import RunsCommands
 
 
@@ -73,14 +74,7 @@ class SmsTarget(RunsCommands):
     def site_file_modes(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
         """Owners (uid, gid from the accounts in effect) and modes of the files the
         fragments declare under ``file_modes`` (the munge key 0400 munge, ...)."""
-        owners: dict[str, tuple[int, int]] = {}
-        modes: dict[str, int] = {}
-        for frag in self.sms_fragments:
-            for fm in frag.file_modes:
-                modes[fm.path] = fm.mode
-                if fm.owner != "root":
-                    owners[fm.path] = owner_of(self.passwd, fm.owner)
-        return owners, modes
+        return file_modes(self.sms_fragments, self.passwd)
 
     # --- replacing the image ------------------------------------------------------
     def stop_sms(self) -> float:

@@ -128,6 +128,10 @@ def test_cross_field_checks(project: Project, tmp_path: Path, changes: dict[str,
     ({"type": "path"}, "/etc/./x", False),
     ({"type": "path"}, "/etc/x\n/y", False),
     ({"type": "path"}, "/etc/my cert.pem", False),
+    ({"type": "file"}, "../slurm/slurm.conf", True),
+    ({"type": "file"}, "/etc/slurm/slurm.conf", True),
+    ({"type": "file"}, "slurm.conf\nx", False),
+    ({"type": "file"}, "slurm/", False),
 ])
 def test_types(spec: dict[str, Any], value: Any, ok: bool) -> None:
     assert (parse_type(spec["type"], spec).problem(value) is None) is ok

@@ -1,0 +1,67 @@
+"""What a site's own slurm.conf must say for SMS-services to run it.
+
+Slurm itself checks the syntax (``runtime.init`` runs the image's scontrol on
+it); these are the few settings that would pass Slurm's parser and still leave
+a broken cluster: a controller host that is not SMS-services (slurmctld exits
+"not a valid controller"), nodes asking a configless controller that is not
+configless, state kept outside the paths the fragments declare as state, and
+an Include of a file the site does not provide (scontrol waits a minute for it).
+Only those keys are read; Slurm's own parser does the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+SLURM_DIR = "/etc/slurm"
+_LINE = re.compile(r"^\s*([A-Za-z]+)\s*=\s*(\S+)")
+_INCLUDE = re.compile(r"^\s*include\s+(\S+)", re.I)
+
+
+def settings(text: str) -> dict[str, str]:
+    """Lower-cased key -> its first value, for ``key=value`` lines outside NodeName/PartitionName."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0]
+        m = _LINE.match(line)
+        if m and m.group(1).lower() not in ("nodename", "partitionname", "nodeset", "downnodes", "frontendname"):
+            out.setdefault(m.group(1).lower(), m.group(2))
+    return out
+
+
+def includes(text: str) -> list[str]:
+    """The absolute paths slurm.conf's Include lines name (relative ones are beside it)."""
+    found = []
+    for line in text.splitlines():
+        m = _INCLUDE.match(line.split("#", 1)[0])
+        if m:
+            name = m.group(1)
+            found.append(name if name.startswith("/") else f"{SLURM_DIR}/{name}")
+    return found
+
+
+def problems(files: dict[str, str], *, hostname: str, address: str, state: list[str]) -> list[str]:
+    """One line per setting of the site's slurm.conf that cannot work under SMS-services."""
+    conf = files.get(f"{SLURM_DIR}/slurm.conf")
+    if conf is None:
+        return []
+    found = []
+    keys = settings(conf)
+    host = keys.get("slurmctldhost") or keys.get("controlmachine") or ""
+    m = re.match(r"^([^(]+)(?:\(([^)]*)\))?$", host)
+    name, addr = (m.group(1), m.group(2)) if m else ("", None)
+    if name != hostname or (addr is not None and addr != address):
+        found.append(f"slurm.conf: SlurmctldHost={host or '(none)'} must name SMS-services: "
+                     f"{hostname} or {hostname}({address}) (the site's sms_hostname and provision_ip)")
+    if "enable_configless" not in keys.get("slurmctldparameters", "").split(","):
+        found.append("slurm.conf: SlurmctldParameters lacks enable_configless: the nodes take their "
+                     "config from slurmctld (slurmd --conf-server); add it")
+    where = keys.get("statesavelocation", "/var/spool/slurmctld")
+    if not any(PurePosixPath(where).is_relative_to(s) for s in state):
+        found.append(f"slurm.conf: StateSaveLocation={where} is outside the state paths the image keeps "
+                     f"in the overlay ({', '.join(state)})")
+    for path in includes(conf):
+        if path not in files:
+            found.append(f"slurm.conf: Include {path}: the site does not provide it (list it in slurm_files)")
+    return found
