@@ -55,28 +55,49 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     from sms_services.apptainer import Apptainer
-    from sms_services.runtime.deploy import images_dir, start
+    from sms_services.runtime.deploy import Record, images_dir, start
     from sms_services.runtime.pin import checked_copy, unpin
 
     apptainer = Apptainer.find()
-    sif = sif_of(args, args.sif).resolve()
+    settings = ("overlay", "site", "provision_bridge", "public_bridge")
+    if args.sif is None:
+        # What the boot unit runs: everything from the record, the image checked again.
+        given = [f"--{o.replace('_', '-')}" for o in settings if getattr(args, o)]
+        if given:
+            raise UserError(f"smsctl start --name {args.name} without an image restarts the recorded instance "
+                            f"as recorded; drop {' '.join(given)}, or give the image and every setting")
+        rec = Record.load(args.name)
+        sif = Path(rec.sif) if Path(rec.sif).is_file() else Path(rec.source or rec.sif)
+        source = Path(rec.source or rec.sif)
+        overlay, site, prov, pub = Path(rec.overlay), Path(rec.site), rec.provision_bridge, rec.public_bridge
+        node_exec, binds = rec.node_exec, rec.binds
+    else:
+        missing = [f"--{o.replace('_', '-')}" for o in settings if not getattr(args, o)]
+        if missing:
+            raise UserError(f"smsctl start {args.sif}: also give {' '.join(missing)} (or no image, to restart "
+                            f"the recorded instance --name {args.name})")
+        sif = source = sif_of(args, args.sif).resolve()
+        overlay, site, prov, pub = Path(args.overlay).resolve(), Path(args.site), args.provision_bridge, \
+            args.public_bridge
+        node_exec, binds = args.node_exec, args.bind or []
     # What is checked is a private copy, and that copy is what starts (runtime/pin.py).
     folder = images_dir()
     copy, signer, made = checked_copy(apptainer, sif, trust_of(args), folder,
                                       warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
     try:
-        dep = start(project_of(args), apptainer, copy, name=args.name, overlay=Path(args.overlay).resolve(),
-                    site=Path(args.site), provision_bridge=args.provision_bridge, public_bridge=args.public_bridge,
-                    node_exec=args.node_exec, binds=args.bind or [], signer=str(signer) if signer else "UNSIGNED",
-                    source=sif, take_over=args.take_over,
+        dep = start(project_of(args), apptainer, copy, name=args.name, overlay=overlay, site=site,
+                    provision_bridge=prov, public_bridge=pub, node_exec=node_exec, binds=binds,
+                    signer=str(signer) if signer else "UNSIGNED", source=source, take_over=args.take_over,
+                    pid_file=Path(args.pid_file) if args.pid_file else None,
                     say=lambda s: err_console.print(f"smsctl: {s}", markup=False))
     except BaseException:
         if made:
             unpin(copy, folder)
         raise
     dep.close()
-    out_console.print(f"started {args.name}: {sif.name} (release {dep.release}, signed by "
-                      f"{dep.record.signer}) on {args.overlay}; recorded in {dep.record.path_of(args.name)}")
+    out_console.print(f"started {args.name}: {source.name} (release {dep.release}, signed by "
+                      f"{dep.record.signer}) on {overlay} (checked: e2fsck clean); recorded in "
+                      f"{dep.record.path_of(args.name)}", markup=False)
     return 0
 
 
@@ -224,12 +245,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("start", help="start SMS-services on this host and record how (for smsctl cutover)")
-    s.add_argument("sif", metavar="SIF", help="the release-signed image (a SIF or a release id)")
+    s.add_argument("sif", metavar="SIF", nargs="?",
+                   help="the release-signed image (a SIF or a release id); none: start the recorded instance "
+                        "--name again exactly as recorded (what the boot unit runs)")
     s.add_argument("--name", default="sms-services", help="the instance name (default sms-services)")
-    s.add_argument("--overlay", required=True, help="the instance's ext3 overlay (its whole state)")
-    s.add_argument("--site", required=True, help="the site file (addresses, nodes)")
-    s.add_argument("--provision-bridge", required=True, metavar="BRIDGE", help="host bridge on the provisioning network")
-    s.add_argument("--public-bridge", required=True, metavar="BRIDGE", help="host bridge on the public network")
+    s.add_argument("--overlay", help="the instance's ext3 overlay (its whole state; smsctl init makes one)")
+    s.add_argument("--site", help="the site file (addresses, nodes)")
+    s.add_argument("--provision-bridge", metavar="BRIDGE", help="host bridge on the provisioning network")
+    s.add_argument("--public-bridge", metavar="BRIDGE", help="host bridge on the public network")
+    s.add_argument("--pid-file", metavar="FILE",
+                   help="where Apptainer writes the instance's pid (the unit's PIDFile; kept across cutovers)")
     s.add_argument("--node-exec", default=DEFAULT_NODE_EXEC, metavar="COMMAND",
                    help="runs a command on compute node {node}, given as one shell string, for the probes "
                         f"(default: {DEFAULT_NODE_EXEC!r})")

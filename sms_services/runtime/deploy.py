@@ -82,6 +82,7 @@ class Record:
     binds: list[str] = field(default_factory=list)
     signer: str = ""
     started: str = ""
+    pid_file: str = ""  # Apptainer writes the instance's pid there at every start (a unit's PIDFile)
     lease_token: str = ""  # the overlay's lease (runtime/lease.py) this instance holds
     history: list[dict[str, str]] = field(default_factory=list)  # earlier images, newest last
     source: str = ""  # the path the admin gave, which ``sif`` was copied from
@@ -181,7 +182,8 @@ class Deployment(SmsTarget):
                        caps=caps_of(self.sms_fragments),
                        nets=[(prov, f"{self.sms_ip}/{prefix}", mac_for(self.sms_ip)),
                              (pub, f"{self.sms_public_ip}/{_prefix(site['public_network'])}", None)],
-                       extra=[a for b in rec.binds for a in ("--bind", b)], what="start")
+                       extra=[a for b in rec.binds for a in ("--bind", b)]
+                       + (["--pid-file", rec.pid_file] if rec.pid_file else []), what="start")
         self.sms_started_at = time.monotonic()
         if rec.lease_token:  # production starts hold the overlay's lease; renew it while this instance lives
             lease = read_lease(self.sms_overlay)
@@ -257,7 +259,8 @@ def _now() -> str:
 def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overlay: Path, site: Path,
           provision_bridge: str, public_bridge: str, node_exec: str = DEFAULT_NODE_EXEC,
           binds: list[str] | None = None, signer: str = "", source: Path | None = None,
-          take_over: bool = False, say: Callable[[str], None] = lambda s: None) -> Deployment:
+          take_over: bool = False, pid_file: Path | None = None,
+          say: Callable[[str], None] = lambda s: None) -> Deployment:
     """Start ``sif`` on ``overlay`` and record how (the caller has checked its signature:
     ``sif`` is the checked copy, ``source`` the path it came from)."""
     if not overlay.is_file():
@@ -272,6 +275,8 @@ def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overl
         raise UserError(f"{sif}: not an SMS-services image (no known sms-services.release label)")
     if instance_pids(apptainer, name):
         raise UserError(f"instance {name} is already running; smsctl cutover --name {name} --to {source or sif} replaces it")
+    if pid_file:
+        pid_file.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     # The lease first: e2fsck's verdict on an overlay another host has mounted means nothing.
     lease = acquire(overlay, name, take_over=take_over, say=say)
     try:
@@ -281,7 +286,13 @@ def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overl
         raise
     record = Record(name=name, sif=str(sif), release=release, overlay=str(overlay), site=str(site.resolve()),
                     provision_bridge=provision_bridge, public_bridge=public_bridge, node_exec=node_exec,
-                    binds=list(binds or []), signer=signer, source=str(source or sif), lease_token=lease.token)
+                    binds=list(binds or []), signer=signer, source=str(source or sif), lease_token=lease.token,
+                    pid_file=str(pid_file.absolute()) if pid_file else "")
+    if Record.path_of(name).is_file():  # a restart (a reboot, the unit): the record's history goes on
+        old = Record.load(name)
+        record.history = old.history
+        if old.sif != record.sif:
+            record.history.append({"sif": old.sif, "source": old.source, "release": old.release, "until": _now()})
     dep = Deployment(project, apptainer, record)
     try:
         dep.start_sms(sif)

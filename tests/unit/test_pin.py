@@ -99,3 +99,50 @@ def test_start_starts_the_checked_copy_even_if_the_file_is_swapped_after_the_che
     record = json.loads((state / "instances/sms.json").read_text())
     assert record["sif"] == str(image) and record["source"] == str(sif)
     assert os.stat(image).st_mode & 0o777 == 0o444
+
+
+def test_start_by_name_alone_restarts_the_recorded_instance_as_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """What the boot unit runs (smsctl start --name N --pid-file F): the record's image, checked
+    again, on the record's overlay, site and bridges; the pid file passed to Apptainer and kept."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("SMS_STATE_DIR", str(state))
+    monkeypatch.setenv("SMS_CONFIG_DIR", str(tmp_path / "config"))
+    sif = make_sif(tmp_path / "image.sif", SIGNED)
+    key = create_keypair(tmp_path / "site")
+    app = FakeApptainer(lambda args: "")
+    calls: list[tuple[Path, list[str]]] = []
+    monkeypatch.setattr("sms_services.apptainer.Apptainer.find", classmethod(lambda cls: app))
+    app.labels = lambda image: {"sms-services.release": "3.5"}  # type: ignore[attr-defined]
+    monkeypatch.setattr(deploy, "is_bridge", lambda name: True)
+    monkeypatch.setattr(deploy, "instance_pids", lambda apptainer, name: [])
+    monkeypatch.setattr(deploy, "cni_dir", lambda: tmp_path / "cni")
+    monkeypatch.setattr(deploy, "start_instance",
+                        lambda apptainer, image, *a, extra=(), **kw: calls.append((image, list(extra))))
+    monkeypatch.setattr(deploy, "require_clean", lambda overlay, name="": None)
+    monkeypatch.setattr(deploy, "instance_list", lambda apptainer, name="": {name: 1})
+    monkeypatch.setattr(deploy, "spawn_renewer", lambda *a, **kw: 0)
+    overlay = tmp_path / "overlay.img"
+    overlay.write_bytes(b"")
+    site = ROOT / "overlays/lab/site.yaml"
+    base = ["--root", str(ROOT), "start"]
+    assert cli.main([*base, str(sif), "--name", "sms", "--overlay", str(overlay), "--site", str(site),
+                     "--provision-bridge", "br-p", "--public-bridge", "br-u", "--key", str(key.public)]) == 0
+    first = json.loads((state / "instances/sms.json").read_text())
+    pid_file = tmp_path / "run/sms.pid"
+    assert cli.main([*base, "--name", "sms", "--pid-file", str(pid_file), "--key", str(key.public)]) == 0
+    again = json.loads((state / "instances/sms.json").read_text())
+    assert calls[1][0] == calls[0][0] == Path(first["sif"])  # the same checked copy
+    assert calls[1][1][-2:] == ["--pid-file", str(pid_file)] and pid_file.parent.is_dir()
+    assert {k: again[k] for k in ("overlay", "site", "provision_bridge", "public_bridge", "source")} == \
+        {k: first[k] for k in ("overlay", "site", "provision_bridge", "public_bridge", "source")}
+    assert again["pid_file"] == str(pid_file)
+    assert [c[-1] for c in app.calls if c[0] == "verify"] == [first["sif"]] * 2  # checked again
+    capsys.readouterr()
+    # Half a new start is one line, not a start with some settings from nowhere.
+    assert cli.main([*base, "--name", "sms", "--overlay", str(overlay)]) == 2
+    assert "drop --overlay" in capsys.readouterr().err
+    assert cli.main([*base, str(sif), "--name", "sms2", "--overlay", str(overlay)]) == 2
+    assert "also give --site --provision-bridge --public-bridge" in capsys.readouterr().err
+    assert cli.main([*base, "--name", "nosuch"]) == 2
+    assert "no record of an instance named 'nosuch'" in capsys.readouterr().err
