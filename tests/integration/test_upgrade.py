@@ -363,6 +363,89 @@ def instance_pids_of(apptainer, name: str) -> list[int]:
     return instance_pids(apptainer, name)
 
 
+def test_the_boot_unit_brings_it_back_after_power_loss_and_refuses_a_damaged_overlay(
+        apptainer, lab: Lab, project: Project, tmp_path: Path) -> None:
+    """What `smsctl unit` writes, run as systemd would (ExecStart/ExecStop with its Environment,
+    no --key: the host's trusted/ folder): after every process of the instance is SIGKILLed
+    (power loss) it starts again, e2fsck first, and the running job finishes; a damaged
+    overlay is refused in one line until `smsctl overlay repair`; ExecStop frees the overlay."""
+    from sms_services.runtime.instance import instance_list, kill_instance
+    from sms_services.runtime.lease import lease_path
+    from sms_services.runtime.lease import read as read_lease
+    from sms_services.runtime.units import exec_lines
+
+    key, sif = tmp_path / "release", tmp_path / "good.sif"
+    create_keypair(key)
+    shutil.copyfile(lab.sms_sif, sif)
+    sign(apptainer, sif, key)
+    (tmp_path / "config/trusted").mkdir(parents=True)
+    shutil.copyfile(f"{key}.pub", tmp_path / "config/trusted/release.pub")
+    env = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_STATE_DIR": str(tmp_path / "state"),
+           "SMS_CONFIG_DIR": str(tmp_path / "config")}
+    name = lab.sms_instance
+    node_exec = f"{apptainer.binary} exec --no-privs --pwd / instance://{lab.name}-{{node}} /bin/sh -c"
+    lab.stop_sms()
+    try:
+        r = smsctl(lab, project, "start", str(sif), "--name", name, "--overlay", str(lab.sms_overlay),
+                   "--site", str(lab.site.path), "--provision-bridge", f"{lab.name}-p",
+                   "--public-bridge", f"{lab.name}-u", "--bind", f"{lab.work}/hosts:/etc/hosts",
+                   "--bind", f"{lab.work}/resolv.conf:/etc/resolv.conf", "--node-exec", node_exec, env=env)
+        assert r.returncode == 0, r.stderr
+        r = smsctl(lab, project, "unit", "--name", name, "--out", "-", env=env)
+        assert r.returncode == 0, r.stderr
+        unit = r.stdout
+        lines = exec_lines(unit)
+        unit_env = dict(line.split("=", 2)[1:] for line in unit.splitlines() if line.startswith("Environment="))
+        assert unit_env["SMS_STATE_DIR"] == str(tmp_path / "state")
+        pid_file = Path(next(line for line in unit.splitlines() if line.startswith("PIDFile="))[len("PIDFile="):])
+
+        def run(which: str) -> subprocess.CompletedProcess:
+            """As systemd runs it: the unit's argv and Environment (plus the lab's Apptainer config)."""
+            return subprocess.run(["nsenter", f"--net=/run/netns/{lab.name}", *lines[which]], capture_output=True,
+                                  text=True, timeout=600, cwd="/", env=dict(os.environ, **env, **unit_env))
+
+        r = run("ExecStop")
+        assert r.returncode == 0, r.stderr
+        r = run("ExecStart")
+        assert r.returncode == 0, r.stderr
+        assert int(pid_file.read_text()) == instance_list(apptainer, name)[name]  # systemd's main PID
+        job = submit(lab, 30, "across-power-loss")
+        time.sleep(3)
+        os.kill(read_lease(lab.sms_overlay).renewer, 9)  # the host dies: every process
+        kill_instance(apptainer, name, lab.sms_overlay)
+        r = run("ExecStart")  # Restart=on-failure, or the next boot
+        assert r.returncode == 0, r.stderr
+        assert "e2fsck clean" in r.stdout, r.stdout
+        assert finished_ok(lab, job, "across-power-loss", timeout=120) == ""
+        r = smsctl(lab, project, "probe", "--name", name, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        assert run("ExecStop").returncode == 0
+        assert not lease_path(lab.sms_overlay).exists()
+        debugfs = shutil.which("debugfs") or "/usr/sbin/debugfs"
+        subprocess.run([debugfs, "-w", "-R", "set_inode_field /upper links_count 9", str(lab.sms_overlay)],
+                       check=True, capture_output=True)
+        r = run("ExecStart")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "filesystem has errors" in r.stderr and f"smsctl overlay repair --name {name}" in r.stderr
+        assert not instance_list(apptainer, name) and not lease_path(lab.sms_overlay).exists()
+        r = smsctl(lab, project, "overlay", "repair", "--name", name, env=env)
+        assert r.returncode == 0 and "backup before repair" in r.stdout and "Fix? yes" in r.stdout, r.stdout
+        r = run("ExecStart")
+        assert r.returncode == 0, r.stderr
+        r = smsctl(lab, project, "probe", "--name", name, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert run("ExecStop").returncode == 0 and not instance_list(apptainer, name)
+    finally:
+        if lab.sms_pids():
+            lab.stop_sms()
+        lease_path(lab.sms_overlay).unlink(missing_ok=True)
+        Path(f"/run/sms-services/{name}.pid").unlink(missing_ok=True)
+        lab.start_sms(lab.sms_sif)
+    outcome = probe_services(lab)
+    assert outcome.ok, outcome.failed
+
+
 def test_move_to_a_second_host_keeps_a_running_job(lab: Lab, project: Project) -> None:
     job = submit(lab, 15, "during-move")
     host = lab.add_host("b")
