@@ -1,4 +1,5 @@
-"""Benchmark: build times, SIF size, verify timings, cutover gaps, rehearsal and backup, as JSON.
+"""Benchmark: build times, SIF size, verify timings, cutover gaps, power loss, rehearsal, backup and
+e2fsck, as JSON.
 
 Cold uses an empty layer cache (everything bootstrapped and downloaded), warm
 repeats the build with nothing changed, incremental changes one fragment's run
@@ -63,6 +64,7 @@ def _timed_upgrade(project: Project, apptainer: Apptainer, release: str, cutover
             t = time.monotonic()
             copies = [backup(lab.sms_overlay, work / "backups", keep=3) for _ in range(3)]
             backup_s = (time.monotonic() - t) / len(copies)
+            power_loss_s, fsck_in_it_s = _power_loss_to_green(lab)
             t = time.monotonic()
             rehearsal = rehearse(project, apptainer, lab.sms_sif, lab.sms_overlay, old_sif=lab.sms_sif,
                                  trust=Trust.candidate(), name="smsbenchr")
@@ -78,12 +80,55 @@ def _timed_upgrade(project: Project, apptainer: Apptainer, release: str, cutover
         "stop_median_s": round(statistics.median(r.stop_s for r in reports), 2),
         "start_median_s": round(statistics.median(r.start_s for r in reports), 2),
         "green_after_start_median_s": round(statistics.median(r.green_s for r in reports), 2),
+        "power_loss_to_all_green_s": power_loss_s, "power_loss_e2fsck_s": fsck_in_it_s,
         "rehearsal_s": round(rehearse_s, 1), "rehearsal_go": rehearsal.go, "rehearsal_reasons": rehearsal.reasons,
         "backup_s": round(backup_s, 3), "backup_writes_held_s": max(b.frozen_s for b in copies),
         "backup_stored_mib": round(copies[-1].stored_bytes / 2**20, 2),
         "overlay_used_mib": round(copies[-1].used_bytes / 2**20, 2),
         "overlay_size_mib": round(copies[-1].overlay_bytes / 2**20, 1),
     }
+
+
+def _power_loss_to_green(lab) -> tuple[float, float]:
+    """SIGKILL every process of the instance, then what a restart does (journal replay and
+    e2fsck -fn, start) until every probe passes: (seconds in all, of which e2fsck)."""
+    from sms_services.lab.verify import probe_services
+    from sms_services.runtime.instance import kill_instance
+    from sms_services.runtime.overlay_care import require_clean
+
+    kill_instance(lab.apptainer, lab.sms_instance, lab.sms_overlay)
+    t = time.monotonic()
+    require_clean(lab.sms_overlay)
+    fsck_s = time.monotonic() - t
+    lab.start_sms(lab.sms_sif)
+    if not probe_services(lab, ready_timeout=180).ok:
+        raise UserError("bench: the lab did not come back green after the power loss")
+    return round(time.monotonic() - t, 2), round(fsck_s, 2)
+
+
+def _timed_fsck(size_gib: int = 4, used_gib: int = 1) -> dict:
+    """e2fsck -fn (after the journal replay) of a sparse overlay of ``size_gib`` holding ``used_gib`` of files."""
+    import os
+    import subprocess
+
+    from sms_services.runtime.overlay_care import check
+
+    work = Path(tempfile.mkdtemp(prefix="sms-bench-fsck-"))
+    try:
+        tree = work / "tree" / "upper" / "var" / "spool" / "slurmctld"
+        tree.mkdir(parents=True)
+        chunk = os.urandom(1 << 20)
+        for i in range(used_gib * 1024):  # 1 MiB files: the shape of state, logs and a mail queue
+            (tree / f"f{i:05d}").write_bytes(chunk)
+        img = work / "overlay.img"
+        subprocess.run(["mkfs.ext3", "-q", "-F", "-d", str(work / "tree"), str(img), f"{size_gib}G"], check=True)
+        shutil.rmtree(work / "tree")
+        t = time.monotonic()
+        result = check(img)
+        return {"overlay_gib": size_gib, "used_gib": used_gib, "seconds": round(time.monotonic() - t, 2),
+                "clean": result.clean}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(release: str, out_file: Path) -> dict:
@@ -112,6 +157,7 @@ def run(release: str, out_file: Path) -> dict:
         "sif_size_mib": round(cold["size_bytes"] / 2**20, 1),
         "verify": _timed_verify(project, apptainer, release),
         "upgrade": _timed_upgrade(project, apptainer, release),
+        "e2fsck": _timed_fsck(),
     }
     out_file.parent.mkdir(parents=True, exist_ok=True)
     # Other benchmarks (verify, cutover) add their own keys to the same file.
