@@ -59,7 +59,8 @@ def create_overlay(path: Path, files: dict[str, str | bytes], *, size_mib: int =
         # mkfs writes the staged file through this process' open folder (files.replacing):
         # never a link planted at a name beside the overlay; without ``replace`` an overlay
         # that appeared meanwhile is kept (a link, never a rename over it).
-        with replacing(path, 0o644, keep_existing=not replace) as new:
+        # 0600: the overlay holds the munge key and slurmdbd.conf, and debugfs reads any file it can open.
+        with replacing(path, 0o600, keep_existing=not replace) as new:
             proc = subprocess.run(["mkfs.ext3", "-q", "-F", "-d", str(seed), str(new.path), f"{size_mib}M"],
                                   capture_output=True, text=True)
             if proc.returncode != 0:

@@ -104,3 +104,14 @@ def test_grow_refuses_a_link_and_a_bad_size(tmp_path: Path) -> None:
 def _not_running(overlay: Path):  # backup freezes a running instance's filesystem; none runs here
     from contextlib import nullcontext
     return nullcontext()
+
+
+def test_a_new_overlay_and_its_copies_are_readable_by_root_only(tmp_path: Path) -> None:
+    """It holds the munge key: with debugfs, any user who can read the file could read the key."""
+    from sms_services.runtime.overlay import copy_overlay, create_overlay
+
+    img = tmp_path / "new.img"
+    create_overlay(img, {"/etc/munge/munge.key": b"k" * 1024}, size_mib=16)
+    assert img.stat().st_mode & 0o777 == 0o600
+    copy_overlay(img, tmp_path / "copy.img")
+    assert (tmp_path / "copy.img").stat().st_mode & 0o777 == 0o600
