@@ -25,21 +25,30 @@ def cmd_init(args: argparse.Namespace) -> int:
     import signal
 
     from sms_services.apptainer import Apptainer
+    from sms_services.runtime.deploy import images_dir
     from sms_services.runtime.init import image_facts, init, parse_size
-    from sms_services.trust.signing import check
+    from sms_services.runtime.pin import checked_copy, unpin
 
     # SIGTERM stops init like Ctrl-C does: its temporary files go, no half overlay stays.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     size = parse_size(args.size)
     project, apptainer = project_of(args), Apptainer.find()
     sif = sif_of(args, args.sif).resolve()
-    check(apptainer, sif, trust_of(args), warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
-    made = init(project, image_facts(project, apptainer, sif), site_path=Path(args.site),
-                overlay=Path(args.overlay).absolute(), size_mib=size,
-                munge_key=Path(args.munge_key) if args.munge_key else None, new_key=args.new_munge_key,
-                force=args.force, apptainer=apptainer, from_sms=Path(args.from_sms) if args.from_sms else None,
-                keep_slurm_conf=args.keep_slurm_conf, dry_run=args.dry_run,
-                say=lambda s: out_console.print(s, markup=False))
+    # init runs the image (its accounts, folders and Slurm parser): the checked private copy, as start does.
+    folder = images_dir()
+    copy, _, pinned = checked_copy(apptainer, sif, trust_of(args), folder,
+                                   warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
+    try:
+        made = init(project, image_facts(project, apptainer, copy), site_path=Path(args.site),
+                    overlay=Path(args.overlay).absolute(), size_mib=size,
+                    munge_key=Path(args.munge_key) if args.munge_key else None, new_key=args.new_munge_key,
+                    force=args.force, apptainer=apptainer,
+                    from_sms=Path(args.from_sms) if args.from_sms else None,
+                    keep_slurm_conf=args.keep_slurm_conf, dry_run=args.dry_run,
+                    say=lambda s: out_console.print(s, markup=False))
+    finally:
+        if pinned:  # start pins (and keeps) its own copy
+            unpin(copy, folder)
     if made is None:
         out_console.print("dry run: nothing was written", markup=False)
         return 0
@@ -67,8 +76,10 @@ def cmd_start(args: argparse.Namespace) -> int:
             raise UserError(f"smsctl start --name {args.name} without an image restarts the recorded instance "
                             f"as recorded; drop {' '.join(given)}, or give the image and every setting")
         rec = Record.load(args.name)
-        sif = Path(rec.sif) if Path(rec.sif).is_file() else Path(rec.source or rec.sif)
-        source = Path(rec.source or rec.sif)
+        sif, source = Path(rec.sif), Path(rec.source or rec.sif)
+        if not sif.is_file():  # never the source path instead: whoever can write it chooses what starts
+            raise UserError(f"{sif}: the recorded instance's checked copy of {source} is gone; start it with "
+                            f"an image: smsctl start IMAGE --name {args.name} and every setting")
         overlay, site, prov, pub = Path(rec.overlay), Path(rec.site), rec.provision_bridge, rec.public_bridge
         node_exec, binds = rec.node_exec, rec.binds
     else:

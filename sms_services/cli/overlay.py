@@ -8,17 +8,21 @@ from pathlib import Path
 from sms_services.cli.common import err_console, out_console
 
 
-def overlay_of(args: argparse.Namespace) -> Path:
-    """--overlay PATH, or the overlay the record of --name names."""
+def overlay_of(args: argparse.Namespace, what: str) -> Path:
+    """--overlay PATH, or the overlay the record of --name names; refused while any host's
+    instance holds its lease (this host's loop devices do not show another host's use)."""
     from sms_services.runtime.deploy import Record
+    from sms_services.runtime.lease import require_free
 
-    return Path(args.overlay) if args.overlay else Path(Record.load(args.name).overlay)
+    overlay = Path(args.overlay) if args.overlay else Path(Record.load(args.name).overlay)
+    require_free(overlay, what)
+    return overlay
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from sms_services.runtime.overlay_care import check
 
-    result = check(overlay_of(args))
+    result = check(overlay_of(args, "check it (the journal replay writes)"))
     if result.clean:
         out_console.print(f"{result.overlay}: clean (e2fsck -fn)", markup=False)
         return 0
@@ -32,7 +36,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     from sms_services.runtime.deploy import state_dir
     from sms_services.runtime.overlay_care import check, repair
 
-    overlay = overlay_of(args)
+    overlay = overlay_of(args, "repair it")
     if check(overlay).clean:
         out_console.print(f"{overlay}: clean, nothing to repair", markup=False)
         return 0
@@ -54,10 +58,11 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_grow(args: argparse.Namespace) -> int:
-    from sms_services.runtime.overlay_care import grow, parse_size
+    from sms_services.runtime.init import parse_size
+    from sms_services.runtime.overlay_care import grow
 
-    overlay = overlay_of(args)
-    old, new = grow(overlay, parse_size(args.size))
+    overlay = overlay_of(args, "grow it")
+    old, new = grow(overlay, parse_size(args.size) * 2**20)
     out_console.print(f"{overlay}: grown from {old / 2**20:.0f} MiB to {new / 2**20:.0f} MiB", markup=False)
     return 0
 
@@ -81,5 +86,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_repair)
     s = verbs.add_parser("grow", help="grow a stopped instance's overlay (sparse) and its filesystem; never shrinks")
     target(s)
-    s.add_argument("size", metavar="SIZE", help="the new size, e.g. 8G")
+    s.add_argument("size", metavar="SIZE", help="the new size, e.g. 8G (a bare number is MiB, as for smsctl init --size)")
     s.set_defaults(func=cmd_grow)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sms_services.errors import UserError
 from sms_services.files import atomic_write, open_folder, sha256_file
+from sms_services.runtime.lease import require_free
 from sms_services.runtime.overlay import copy_overlay, frozen, in_use, usage
 
 
@@ -140,6 +141,7 @@ def restore(image: Path, overlay: Path) -> Backup:
         raise UserError(f"{overlay}: a folder; --overlay names the overlay image file (e.g. {overlay / 'sms.img'})")
     if overlay.exists() and in_use(overlay):
         raise UserError(f"{overlay}: in use by a running instance; stop it first (or restore to a new path)")
+    require_free(overlay, "restore over it")  # an instance on another host sharing the storage
     # Staged, checked and renamed by files.replacing: never written through a planted link.
     copy_overlay(image, overlay, sha256=b.sha256)
     return b

@@ -47,7 +47,8 @@ from sms_services.runtime.instance import (
     stop_instance,
     write_network,
 )
-from sms_services.runtime.lease import acquire, release, spawn_renewer
+from sms_services.runtime.lease import acquire, spawn_renewer
+from sms_services.runtime.lease import release as release_lease
 from sms_services.runtime.lease import read as read_lease
 from sms_services.runtime.overlay import read_overlay_file
 from sms_services.runtime.overlay_care import require_clean
@@ -191,8 +192,12 @@ class Deployment(SmsTarget):
                 stop_instance(self.apptainer, rec.name, self.sms_overlay)
                 raise UserError(f"{self.sms_overlay}: this instance no longer holds the overlay's lease "
                                 f"({lease.describe() if lease else 'no lease'}); stopped it again")
-            spawn_renewer(self.sms_overlay, lease, instance_list(self.apptainer, rec.name).get(rec.name, 0),
-                          rec.name, self.apptainer.binary)
+            try:
+                spawn_renewer(self.sms_overlay, lease, instance_list(self.apptainer, rec.name).get(rec.name, 0),
+                              rec.name, self.apptainer.binary)
+            except BaseException:
+                stop_instance(self.apptainer, rec.name, self.sms_overlay)  # never a writer without a lease
+                raise
         if Path(rec.sif) != sif or rec.release != self.release:
             rec.history.append({"sif": rec.sif, "source": rec.source, "release": rec.release, "until": _now()})
         rec.sif, rec.release, rec.started = str(sif), self.release, _now()
@@ -279,26 +284,25 @@ def start(project: Project, apptainer: Apptainer, sif: Path, *, name: str, overl
         pid_file.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     # The lease first: e2fsck's verdict on an overlay another host has mounted means nothing.
     lease = acquire(overlay, name, take_over=take_over, say=say)
+    dep: Deployment | None = None
     try:
         require_clean(overlay, name=name)
-    except BaseException:
-        release(overlay, lease.token)
-        raise
-    record = Record(name=name, sif=str(sif), release=release, overlay=str(overlay), site=str(site.resolve()),
-                    provision_bridge=provision_bridge, public_bridge=public_bridge, node_exec=node_exec,
-                    binds=list(binds or []), signer=signer, source=str(source or sif), lease_token=lease.token,
-                    pid_file=str(pid_file.absolute()) if pid_file else "")
-    if Record.path_of(name).is_file():  # a restart (a reboot, the unit): the record's history goes on
-        old = Record.load(name)
-        record.history = old.history
-        if old.sif != record.sif:
-            record.history.append({"sif": old.sif, "source": old.source, "release": old.release, "until": _now()})
-    dep = Deployment(project, apptainer, record)
-    try:
+        record = Record(name=name, sif=str(sif), release=release, overlay=str(overlay), site=str(site.resolve()),
+                        provision_bridge=provision_bridge, public_bridge=public_bridge, node_exec=node_exec,
+                        binds=list(binds or []), signer=signer, source=str(source or sif),
+                        lease_token=lease.token, pid_file=str(pid_file.absolute()) if pid_file else "")
+        if Record.path_of(name).is_file():  # a restart (a reboot, the unit): the record's history goes on
+            old = Record.load(name)
+            record.history = old.history
+            if old.sif != record.sif:
+                record.history.append({"sif": old.sif, "source": old.source, "release": old.release,
+                                       "until": _now()})
+        dep = Deployment(project, apptainer, record)
         dep.start_sms(sif)
     except BaseException:
-        dep.close()
-        release(overlay, lease.token)
+        if dep is not None:
+            dep.close()
+        release_lease(overlay, lease.token)
         raise
     return dep
 
@@ -312,9 +316,12 @@ def records() -> list[Record]:
 def stop(project: Project, apptainer: Apptainer, name: str) -> float:
     with Deployment(project, apptainer, Record.load(name)) as dep:
         if not dep.running():
-            raise UserError(f"instance {name} is not running")
+            # A crash left its lease: free the overlay for another host, as a clean stop would.
+            freed = bool(dep.record.lease_token) and release_lease(dep.sms_overlay, dep.record.lease_token)
+            raise UserError(f"instance {name} is not running" + ("; its lease on the overlay is released" if freed
+                                                                 else ""))
         seconds = dep.stop_sms()
         if dep.record.lease_token:
-            release(dep.sms_overlay, dep.record.lease_token)  # a clean stop: another host may start it now
+            release_lease(dep.sms_overlay, dep.record.lease_token)  # a clean stop: another host may start it now
         return seconds
 

@@ -206,7 +206,8 @@ def write_prometheus(health: Health, path: Path) -> None:
     """Atomically, so node_exporter never reads half a file. Not prometheus_client's
     write_to_textfile: its temporary name is predictable, and root must not write
     through a name someone else could plant (files.atomic_write creates it exclusively)."""
-    text = prometheus_text(health, remember_successes(health))
+    # No record, no history: and an unchecked --name must not name a file under the state folder.
+    text = prometheus_text(health, {} if health.problem else remember_successes(health))
     if not path.parent.is_dir():
         raise UserError(f"{path.parent}: no such folder for --prometheus (node_exporter's "
                         "--collector.textfile.directory)")

@@ -30,6 +30,7 @@ from sms_services.inputs.project import Project
 from sms_services.inputs.site import Site, load_site, render_site
 from sms_services.inputs.slurmconf import SLURM_DIR, problems
 from sms_services.runtime.migrate import Plan, plan_import
+from sms_services.runtime.lease import require_free
 from sms_services.runtime.overlay import create_overlay, in_use
 
 MUNGE_KEY = "/etc/munge/munge.key"
@@ -221,6 +222,8 @@ def init(project: Project, image: ImageFacts, *, site_path: Path, overlay: Path,
     if overlay.exists() and (not overlay.is_file() or in_use(overlay)):
         raise UserError(f"{overlay}: {'in use by a running instance' if overlay.is_file() else 'not a file'}; "
                         "--force replaces only a stopped instance's overlay")
+    if overlay.exists():
+        require_free(overlay, "replace it")  # an instance on another host sharing the storage
     if not overlay.parent.is_dir():
         raise UserError(f"{overlay.parent}: no such folder")
     if from_sms is None and munge_key is None and not new_key:

@@ -24,15 +24,16 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sms_services.errors import UserError
-from sms_services.files import atomic_write
 
 INTERVAL = 5.0  # seconds between renewals; a take-over waits two of them and a bit
 
@@ -70,40 +71,74 @@ class Lease:
                 f"sequence {self.seq})")
 
 
-def read(overlay: Path) -> Lease | None:
-    path = lease_path(overlay)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError as err:  # ELOOP: a link planted where the lease goes
-        raise UserError(f"{path}: not a lease file smsctl wrote ({err.strerror}); remove it if you "
-                        "know no instance uses the overlay") from None
-    with os.fdopen(fd) as fh:
-        raw = fh.read(65536)
+def _parse(path: Path, raw: bytes) -> Lease:
     try:
         data = json.loads(raw)
-        return Lease(**data)
+        lease = Lease(**data)
+        if not (isinstance(lease.token, str) and isinstance(lease.seq, int) and isinstance(lease.renewer, int)):
+            raise TypeError
+        return lease
     except (ValueError, TypeError):
         raise UserError(f"{path}: not a lease file smsctl wrote; remove it if you know no instance uses "
                         "the overlay") from None
 
 
+def _read_path(path: Path) -> Lease | None:
+    try:
+        # O_NONBLOCK: a FIFO planted there must not hang every start.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:  # ELOOP: a link planted where the lease goes
+        raise UserError(f"{path}: not a lease file smsctl wrote ({err.strerror}); remove it if you "
+                        "know no instance uses the overlay") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise UserError(f"{path}: not a lease file smsctl wrote (not a regular file); remove it if you "
+                            "know no instance uses the overlay")
+        raw = fh.read(65536)
+    return _parse(path, raw)
+
+
+def read(overlay: Path) -> Lease | None:
+    return _read_path(lease_path(overlay))
+
+
+def _staged(overlay: Path, lease: Lease) -> Path:
+    """The lease's whole content in a file of its own beside it, so that it appears at its
+    name complete or not at all (a reader on another host never sees half of it)."""
+    fd, name = tempfile.mkstemp(prefix=f".{lease_path(overlay).name}.", dir=overlay.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        os.write(fd, (json.dumps(asdict(lease)) + "\n").encode())
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(name)
+        raise
+    os.close(fd)
+    return Path(name)
+
+
 def _write(overlay: Path, lease: Lease) -> None:
-    atomic_write(lease_path(overlay), json.dumps(asdict(lease)) + "\n", mode=0o644)
+    staged = _staged(overlay, lease)
+    try:
+        os.rename(staged, lease_path(overlay))
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
 
 
 def _create(overlay: Path, lease: Lease) -> bool:
-    """Exclusively: False if a lease appeared meanwhile (another start won)."""
+    """Exclusively (a hard link never replaces): False if a lease appeared meanwhile."""
+    staged = _staged(overlay, lease)
     try:
-        fd = os.open(lease_path(overlay), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        os.link(staged, lease_path(overlay))
+        return True
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(asdict(lease)) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    return True
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -116,23 +151,28 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _renewing(pid: int) -> bool:
-    """Our renewer, not whatever reused its pid after a reboot."""
+def _ours(pid: int) -> bool:
+    """A live smsctl or renewer, not whatever reused the pid after a reboot."""
+    if not _alive(pid):
+        return False
     try:
-        return _alive(pid) and b"sms_services.runtime.lease" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+    return b"sms_services" in cmdline or b"smsctl" in cmdline
 
 
 def acquire(overlay: Path, instance: str, *, take_over: bool = False, interval: float = INTERVAL,
             say: Callable[[str], None] = lambda s: None, sleep: Callable[[float], None] = time.sleep) -> Lease:
     """The lease for ``instance`` on ``overlay``, or one line why not.
 
-    Held by this host: reclaimed when its renewer is gone (a crash or a reboot here),
-    refused while it lives. Held by another host: refused, unless ``take_over`` and the
-    holder's sequence stands still for two intervals."""
+    Held by this host: reclaimed when neither its renewer nor the smsctl that took it
+    lives (a crash or a reboot here), refused while one does. Held by another host:
+    refused, unless ``take_over`` and the holder's sequence stands still for two
+    intervals. Until the renewer runs, the lease names this smsctl, so a second start
+    on this host during the first one's e2fsck is refused too."""
     me = host_id()
-    mine = Lease(me, instance, secrets.token_hex(16), 0, time.time(), interval)
+    mine = Lease(me, instance, secrets.token_hex(16), 0, time.time(), interval, os.getpid())
     for _ in range(3):  # a lease may vanish or appear between our look and our create
         old = read(overlay)
         if old is None:
@@ -140,11 +180,12 @@ def acquire(overlay: Path, instance: str, *, take_over: bool = False, interval: 
                 return mine
             continue
         if old.holder == me:
-            if _renewing(old.renewer):
+            if _ours(old.renewer):
                 raise UserError(f"{overlay}: {old.describe()}, which still runs on this host; "
                                 f"smsctl stop --name {old.instance} first")
-            _write(overlay, mine)  # our own, left by a crash: nobody else may hold it meanwhile
-            return mine
+            if _swap(overlay, old, mine):  # our own, left by a crash
+                return mine
+            continue
         if not take_over:
             raise UserError(f"{overlay}: {old.describe()}; a second writer would corrupt the cluster's "
                             f"state. Stop it there, or, if that host is down, smsctl start --take-over "
@@ -158,16 +199,32 @@ def acquire(overlay: Path, instance: str, *, take_over: bool = False, interval: 
             if now is None or now.token != old.token or now.seq != old.seq:
                 raise UserError(f"{overlay}: the lease of {old.holder} was renewed while we watched: its "
                                 "instance is alive; not taking over")
-        aside = lease_path(overlay).with_name(f"{lease_path(overlay).name}.expired-{secrets.token_hex(4)}")
-        try:
-            os.rename(lease_path(overlay), aside)  # atomic: of two hosts taking over, one wins
-        except FileNotFoundError:
-            continue
-        os.unlink(aside)
-        if _create(overlay, mine):
+        if _swap(overlay, old, mine):
             say(f"{overlay}: took over the lease of {old.holder}")
             return mine
+        raise UserError(f"{overlay}: another host took the lease of {old.holder} first; not taking over")
     raise UserError(f"{overlay}: the lease changed hands while we tried; look at who runs it and try again")
+
+
+def _swap(overlay: Path, old: Lease, mine: Lease) -> bool:
+    """Replace exactly ``old`` by ``mine``: move what is there aside under a name of our own
+    (one rename: of two takers, only one moves any given lease), and go on only if what we
+    moved is ``old``; anything else goes back where it was."""
+    path = lease_path(overlay)
+    aside = path.with_name(f".{path.name}.aside-{secrets.token_hex(6)}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    try:
+        moved = _read_path(aside)
+    except UserError:
+        moved = None
+    if moved is None or moved.token != old.token or moved.seq != old.seq:
+        os.rename(aside, path)  # someone else's: put it back
+        return False
+    os.unlink(aside)
+    return _create(overlay, mine)
 
 
 def release(overlay: Path, token: str) -> bool:
@@ -178,7 +235,7 @@ def release(overlay: Path, token: str) -> bool:
         return False
     if old is None or old.token != token:
         return False
-    if old.renewer and old.holder == host_id() and _renewing(old.renewer):
+    if old.renewer and old.holder == host_id() and _ours(old.renewer) and old.renewer != os.getpid():
         os.kill(old.renewer, signal.SIGTERM)
     lease_path(overlay).unlink(missing_ok=True)
     return True
@@ -200,14 +257,37 @@ def renew_once(overlay: Path, token: str) -> bool:
 
 
 def renew(overlay: Path, token: str, watched: int, interval: float, on_lost: Callable[[], None]) -> None:
-    """Until the watched process (the instance) exits: renew; if the lease is lost, ``on_lost``."""
+    """Until the watched process (the instance) exits: renew; if the lease is lost, ``on_lost``.
+
+    A renewal that cannot be written (a full disk, a storage hiccup) is retried; once a
+    whole interval has passed without one, another host may already be watching the lease
+    run out, so the instance is given up rather than risk two writers."""
+    last_ok = time.monotonic()
     while _alive(watched):
-        if not renew_once(overlay, token):
-            on_lost()
-            return
+        try:
+            # A taker needs two intervals (and a second) of silence: stalled for nearly
+            # that long, a late write could land on its new lease, so stop instead.
+            if time.monotonic() - last_ok > 1.8 * interval or not renew_once(overlay, token):
+                on_lost()
+                return
+            last_ok = time.monotonic()
+        except OSError:
+            if time.monotonic() - last_ok > interval:
+                on_lost()
+                return
+            time.sleep(min(1.0, interval / 4))
+            continue
         time.sleep(interval)
     # The instance is gone without a clean stop (a crash): the lease stays, unrenewed, so
     # this host reclaims it at the next start and another host needs --take-over.
+
+
+def require_free(overlay: Path, what: str) -> None:
+    """For the commands that write an overlay without starting it (init --force, restore,
+    overlay check/repair/grow): no instance anywhere may hold it."""
+    held = read(overlay)
+    if held is not None and not (held.holder == host_id() and not _ours(held.renewer)):
+        raise UserError(f"{overlay}: {held.describe()}; stop it before you {what}")
 
 
 def spawn_renewer(overlay: Path, lease: Lease, watched: int, instance: str, apptainer: str = "apptainer") -> int:

@@ -68,8 +68,18 @@ def state_version(folder: Path) -> str | None:
     return None
 
 
-def _read(root: Path, path: str) -> bytes | None:
+def inside(root: Path, path: str) -> Path:
+    """``path`` of the old SMS, under ROOT: a link or '..' that leads out of ROOT (an absolute
+    link on a mounted root points at this host's own files) is refused, not followed."""
     p = root / path.lstrip("/")
+    real, top = p.resolve(), root.resolve()
+    if real != top and top not in real.parents:
+        raise UserError(f"{p}: leads out of {root} (to {real}); give a copy of the old SMS without that link")
+    return real
+
+
+def _read(root: Path, path: str) -> bytes | None:
+    p = inside(root, path)
     try:
         return p.read_bytes() if p.is_file() else None
     except OSError as err:
@@ -124,7 +134,7 @@ def plan_import(root: Path, *, site: Site, state_paths: list[str], image: Accoun
     # The controller's state: where the old slurm.conf kept it.
     where = keys.get("statesavelocation", "/var/spool/slurmctld")
     dest = where if keep_slurm_conf else STATE_DEST
-    source = root / where.lstrip("/")
+    source = inside(root, where)
     version = state_version(source) if source.is_dir() else None
     if version is None:
         plan.refusals.append(f"{source}: no Slurm state (job_state) there: the StateSaveLocation of "

@@ -21,18 +21,6 @@ from pathlib import Path
 from sms_services.errors import UserError
 from sms_services.runtime.overlay import in_use
 
-SIZE = re.compile(r"(\d+)([KMGT]?)(i?B)?", re.IGNORECASE)
-UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """``4G``, ``512M``, ``4GiB`` or bytes; binary units, as apptainer overlay create and truncate use."""
-    m = SIZE.fullmatch(text.strip())
-    if not m:
-        raise UserError(f"size {text!r}: give a number with K, M, G or T (e.g. 8G)")
-    return int(m.group(1)) * UNITS[m.group(2).upper()]
-
-
 def _tool(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if not found:

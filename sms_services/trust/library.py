@@ -73,7 +73,7 @@ def version_path(release: str, version: str) -> str:
 
 
 def check_release(release: str) -> None:
-    if not RELEASE_RE.match(release):
+    if not RELEASE_RE.fullmatch(release):
         raise UserError(f"release {release!r}: a release id is letters, digits, '.', '-', '_' (e.g. 3.5)")
 
 
@@ -109,18 +109,18 @@ def validate_index(index: object) -> dict:
         if type(e["size"]) is not int or e["size"] < 0:
             raise ValueError(f"{where}.size is not a byte count")
         release, version = e["release"], e["version"]
-        if not RELEASE_RE.match(release) or not VERSION_RE.match(version):
+        if not RELEASE_RE.fullmatch(release) or not VERSION_RE.fullmatch(version):
             raise ValueError(f"{where} names release {release!r} version {version!r}")
         if e["path"] != version_path(release, version):
             raise ValueError(f"{where}.path is {e['path']!r}, not {version_path(release, version)!r}")
-        if not SHA256_RE.match(e["sha256"]):
+        if not SHA256_RE.fullmatch(e["sha256"]):
             raise ValueError(f"{where}.sha256 is not a sha256")
         if version in published.setdefault(release, set()):
             raise ValueError(f"{where}: {release}:{version} listed twice")
         published[release].add(version)
     for key, ref in tags.items():
         release, sep, tag = key.partition(":")
-        if not sep or not TAG_RE.match(tag):
+        if not sep or not TAG_RE.fullmatch(tag):
             raise ValueError(f"tag {key!r} is not RELEASE:TAG")
         if not isinstance(ref, str) or ref.partition(":")[0] != release \
                 or ref.partition(":")[2] not in published.get(release, ()):
@@ -203,7 +203,7 @@ class DirectoryLibrary:
         found = {}
         for name in names:
             stem, dot, ext = name.partition(".")
-            if dot and ext == "sif" and VERSION_RE.match(stem):
+            if dot and ext == "sif" and VERSION_RE.fullmatch(stem):
                 found[int(stem)] = name
         return found
 
@@ -347,7 +347,7 @@ class DirectoryLibrary:
 
 
 def _check_tag(tag: str) -> None:
-    if not TAG_RE.match(tag) or tag == "latest" or tag.isdigit():
+    if not TAG_RE.fullmatch(tag) or tag == "latest" or tag.isdigit():
         raise UserError(f"tag {tag!r}: use lower-case letters, digits, '.', '-', '_' (not a number, not 'latest')")
 
 
@@ -387,7 +387,7 @@ class OrasLibrary:
         release, _, tag = ref.partition(":")
         check_release(release)
         tag = tag or "latest"
-        if not REGISTRY_TAG_RE.match(tag):
+        if not REGISTRY_TAG_RE.fullmatch(tag):
             raise UserError(f"{ref}: not RELEASE[:TAG] (a tag is lower-case letters, digits, '.', '-', '_')")
         if dest_dir.exists() and not dest_dir.is_dir():
             raise UserError(f"{dest_dir}: not a folder (--dest)")

@@ -386,3 +386,20 @@ def test_from_sms_with_a_missing_root_or_a_new_key_is_one_line(project: Project,
     with pytest.raises(UserError, match="no etc/slurm/slurm.conf there"):
         make(project, tmp_path, image=image_35(), new_key=False, from_sms=tmp_path)
     assert left_in(tmp_path) == ["oldsms"]
+
+
+def test_a_link_or_dotdot_out_of_the_old_sms_root_is_refused(tmp_path: Path) -> None:
+    """An absolute link on a mounted old root points at this host's own files: never read through it."""
+    from sms_services.errors import UserError
+    from sms_services.runtime.migrate import inside
+
+    root = tmp_path / "oldsms"
+    (root / "etc/munge").mkdir(parents=True)
+    secret = tmp_path / "hosts-own.key"
+    secret.write_bytes(b"k" * 1024)
+    (root / "etc/munge/munge.key").symlink_to(secret)
+    for path in ("/etc/munge/munge.key", "/../hosts-own.key"):
+        with pytest.raises(UserError, match="leads out of"):
+            inside(root, path)
+    (root / "etc/slurm").mkdir()
+    assert inside(root, "/etc/slurm") == (root / "etc/slurm").resolve()

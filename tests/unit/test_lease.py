@@ -116,15 +116,20 @@ def test_a_renewer_that_lost_its_lease_stops_its_instance(overlay: Path, monkeyp
     assert lost.wait(5 * FAST)
 
 
-def test_two_take_overs_at_once_give_one_winner(overlay: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("round_", range(6))
+def test_two_take_overs_at_once_give_one_winner(overlay: Path, monkeypatch, round_: int) -> None:
     as_host(monkeypatch, "hostA")
-    ls.acquire(overlay, "sms", interval=FAST)  # and A dies at once: nobody renews
+    ls.acquire(overlay, "sms", interval=0.1)  # and A dies at once: nobody renews
+    local = threading.local()
+    monkeypatch.setattr(ls, "host_id", lambda: getattr(local, "host", "hostA"))
     results: list[object] = []
+    go = threading.Barrier(2)
 
     def take(host: str) -> None:
-        os.environ["SMS_HOST_ID"] = host  # the threads race on the env; the winner's id is in the lease
+        local.host = host
+        go.wait()
         try:
-            results.append(ls.acquire(overlay, "sms", take_over=True, interval=FAST))
+            results.append(ls.acquire(overlay, "sms", take_over=True, interval=0.1))
         except UserError as err:
             results.append(err)
 
@@ -135,6 +140,51 @@ def test_two_take_overs_at_once_give_one_winner(overlay: Path, monkeypatch) -> N
         t.join()
     won = [r for r in results if isinstance(r, ls.Lease)]
     assert len(won) == 1 and ls.read(overlay).token == won[0].token, results
+    assert sorted(p.name for p in overlay.parent.iterdir()) == ["sms-overlay.img", "sms-overlay.img.lease"]
+
+
+def test_a_second_start_on_this_host_is_refused_while_the_first_is_still_starting(overlay: Path,
+                                                                                monkeypatch) -> None:
+    as_host(monkeypatch, "hostA")
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "smsctl", "start"])
+    try:
+        held = ls.acquire(overlay, "sms", interval=FAST)
+        held.renewer = first.pid  # the lease names the smsctl that took it until its renewer runs
+        ls._write(overlay, held)
+        with pytest.raises(UserError, match="still runs on this host"):
+            ls.acquire(overlay, "sms2", interval=FAST)
+    finally:
+        first.kill()
+        first.wait()
+    assert ls.acquire(overlay, "sms2", interval=FAST).instance == "sms2"  # that smsctl died: reclaimed
+
+
+def test_a_renewer_that_cannot_write_gives_its_instance_up(overlay: Path, monkeypatch) -> None:
+    as_host(monkeypatch, "hostA")
+    held = ls.acquire(overlay, "sms", interval=FAST)
+
+    def full(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ls, "renew_once", full)
+    lost = threading.Event()
+    t = threading.Thread(target=ls.renew, args=(overlay, held.token, os.getpid(), FAST, lost.set), daemon=True)
+    t.start()
+    assert lost.wait(10 * FAST)
+
+
+def test_overlay_writers_refuse_while_anyone_holds_the_lease(overlay: Path, monkeypatch, instance) -> None:
+    as_host(monkeypatch, "hostA")
+    held = ls.acquire(overlay, "sms", interval=FAST)
+    ls.spawn_renewer(overlay, held, instance.pid, "sms")
+    with pytest.raises(UserError, match="held by hostA .*stop it before you repair it"):
+        ls.require_free(overlay, "repair it")
+    as_host(monkeypatch, "hostB")
+    with pytest.raises(UserError, match="held by hostA"):
+        ls.require_free(overlay, "repair it")
+    as_host(monkeypatch, "hostA")
+    ls.release(overlay, held.token)
+    ls.require_free(overlay, "repair it")
 
 
 def test_a_planted_link_or_junk_at_the_lease_is_one_line(overlay: Path, monkeypatch, tmp_path: Path) -> None:
@@ -147,4 +197,8 @@ def test_a_planted_link_or_junk_at_the_lease_is_one_line(overlay: Path, monkeypa
     ls.lease_path(overlay).unlink()
     ls.lease_path(overlay).write_text("[1, 2]")
     with pytest.raises(UserError, match="not a lease file smsctl wrote"):
+        ls.acquire(overlay, "sms")
+    ls.lease_path(overlay).unlink()
+    os.mkfifo(ls.lease_path(overlay))  # would hang an open without O_NONBLOCK
+    with pytest.raises(UserError, match="not a regular file"):
         ls.acquire(overlay, "sms")
