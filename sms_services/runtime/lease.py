@@ -227,13 +227,18 @@ def _swap(overlay: Path, old: Lease, mine: Lease) -> bool:
     return _create(overlay, mine)
 
 
+def _still_mine(overlay: Path, token: str) -> Lease | None:
+    try:
+        cur = read(overlay)
+    except UserError:
+        return None
+    return cur if cur is not None and cur.token == token else None
+
+
 def release(overlay: Path, token: str) -> bool:
     """Remove the lease if it is still ours (a clean stop); stop its renewer."""
-    try:
-        old = read(overlay)
-    except UserError:
-        return False
-    if old is None or old.token != token:
+    old = _still_mine(overlay, token)
+    if old is None:
         return False
     if old.renewer and old.holder == host_id() and _ours(old.renewer) and old.renewer != os.getpid():
         os.kill(old.renewer, signal.SIGTERM)
@@ -243,11 +248,8 @@ def release(overlay: Path, token: str) -> bool:
 
 def renew_once(overlay: Path, token: str) -> bool:
     """Bump the sequence; False if the lease is no longer ours."""
-    try:
-        cur = read(overlay)
-    except UserError:
-        return False
-    if cur is None or cur.token != token:
+    cur = _still_mine(overlay, token)
+    if cur is None:
         return False
     cur.seq += 1
     cur.renewed = time.time()

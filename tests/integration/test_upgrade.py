@@ -151,6 +151,18 @@ def smsctl(lab: Lab, project: Project, *args: str, env: dict[str, str], host: st
                           cwd=project.root, env=dict(os.environ, **env))
 
 
+def smsctl_start(lab: Lab, project: Project, sif: Path, name: str, *extra: str, env: dict[str, str],
+                 host: str = "") -> subprocess.CompletedProcess:
+    """`smsctl start` of the lab's site on the lab's overlay and bridges (of ``host``, if given),
+    probing the nodes through their instances, as an admin of this lab would type it."""
+    node_exec = f"{lab.apptainer.binary} exec --no-privs --pwd / instance://{lab.name}-{{node}} /bin/sh -c"
+    return smsctl(lab, project, "start", str(sif), "--name", name, "--overlay", str(lab.sms_overlay),
+                  "--site", str(lab.site.path), "--provision-bridge", f"{lab.name}-p",
+                  "--public-bridge", f"{lab.name}-u", "--bind", f"{lab.work}/hosts:/etc/hosts",
+                  "--bind", f"{lab.work}/resolv.conf:/etc/resolv.conf", "--node-exec", node_exec, *extra,
+                  env=env, host=host)
+
+
 def test_smsctl_start_and_cutover_of_a_recorded_instance(
         apptainer, lab: Lab, project: Project, broken_sif: Path, tmp_path: Path) -> None:
     """The production commands: start records the instance; cutover reads the record,
@@ -239,15 +251,10 @@ def test_smsctl_probe_tells_monitoring_what_broke(apptainer, lab: Lab, project: 
     env = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_STATE_DIR": str(tmp_path / "state"),
            "SMS_CONFIG_DIR": str(tmp_path / "config")}
     name = lab.sms_instance
-    node_exec = f"{apptainer.binary} exec --no-privs --pwd / instance://{lab.name}-{{node}} /bin/sh -c"
     prom, report = tmp_path / "sms.prom", tmp_path / "health.json"
     lab.stop_sms()
     try:
-        r = smsctl(lab, project, "start", str(sif), "--name", name, "--overlay", str(lab.sms_overlay),
-                   "--site", str(lab.site.path), "--provision-bridge", f"{lab.name}-p",
-                   "--public-bridge", f"{lab.name}-u", "--bind", f"{lab.work}/hosts:/etc/hosts",
-                   "--bind", f"{lab.work}/resolv.conf:/etc/resolv.conf", "--node-exec", node_exec,
-                   "--key", str(key), env=env)
+        r = smsctl_start(lab, project, sif, name, "--key", str(key), env=env)
         assert r.returncode == 0, r.stderr
         assert probe_services(lab).ok  # services up before the monitoring looks
 
@@ -305,14 +312,10 @@ def test_two_hosts_never_write_one_overlay(apptainer, lab: Lab, project: Project
         (tmp_path / h / "config").mkdir(parents=True)
         envs[h] = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_HOST_ID": f"host{h}",
                    "SMS_STATE_DIR": str(tmp_path / h / "state"), "SMS_CONFIG_DIR": str(tmp_path / h / "config")}
-    node_exec = f"{apptainer.binary} exec --no-privs --pwd / instance://{lab.name}-{{node}} /bin/sh -c"
 
     def start(h: str, *extra: str) -> subprocess.CompletedProcess:
-        return smsctl(lab, project, "start", str(sif), "--name", f"lease{h}", "--overlay", str(lab.sms_overlay),
-                      "--site", str(lab.site.path), "--provision-bridge", f"{lab.name}-p",
-                      "--public-bridge", f"{lab.name}-u", "--bind", f"{lab.work}/hosts:/etc/hosts",
-                      "--bind", f"{lab.work}/resolv.conf:/etc/resolv.conf", "--node-exec", node_exec,
-                      "--key", str(key), *extra, env=envs[h], host=host_b if h == "B" else "")
+        return smsctl_start(lab, project, sif, f"lease{h}", "--key", str(key), *extra, env=envs[h],
+                            host=host_b if h == "B" else "")
 
     def stop(h: str) -> subprocess.CompletedProcess:
         return smsctl(lab, project, "stop", "--name", f"lease{h}", env=envs[h], host=host_b if h == "B" else "")
@@ -383,13 +386,9 @@ def test_the_boot_unit_brings_it_back_after_power_loss_and_refuses_a_damaged_ove
     env = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_STATE_DIR": str(tmp_path / "state"),
            "SMS_CONFIG_DIR": str(tmp_path / "config")}
     name = lab.sms_instance
-    node_exec = f"{apptainer.binary} exec --no-privs --pwd / instance://{lab.name}-{{node}} /bin/sh -c"
     lab.stop_sms()
     try:
-        r = smsctl(lab, project, "start", str(sif), "--name", name, "--overlay", str(lab.sms_overlay),
-                   "--site", str(lab.site.path), "--provision-bridge", f"{lab.name}-p",
-                   "--public-bridge", f"{lab.name}-u", "--bind", f"{lab.work}/hosts:/etc/hosts",
-                   "--bind", f"{lab.work}/resolv.conf:/etc/resolv.conf", "--node-exec", node_exec, env=env)
+        r = smsctl_start(lab, project, sif, name, env=env)
         assert r.returncode == 0, r.stderr
         r = smsctl(lab, project, "unit", "--name", name, "--out", "-", env=env)
         assert r.returncode == 0, r.stderr
