@@ -246,7 +246,7 @@ def test_smsctl_probe_tells_monitoring_what_broke(apptainer, lab: Lab, project: 
     key, sif = tmp_path / "release", tmp_path / "good.sif"
     create_keypair(key)
     shutil.copyfile(lab.sms_sif, sif)
-    sign(apptainer, sif, key)
+    sign(apptainer, sif, key, replaces=None)  # the lab image: built here, its build record proves it
     (tmp_path / "config").mkdir()
     env = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_STATE_DIR": str(tmp_path / "state"),
            "SMS_CONFIG_DIR": str(tmp_path / "config")}
@@ -305,7 +305,7 @@ def test_two_hosts_never_write_one_overlay(apptainer, lab: Lab, project: Project
     key, sif = tmp_path / "release", tmp_path / "good.sif"
     create_keypair(key)
     shutil.copyfile(lab.sms_sif, sif)
-    sign(apptainer, sif, key)
+    sign(apptainer, sif, key, replaces=None)  # the lab image: built here, its build record proves it
     host_b = lab.add_host("l")
     envs = {}
     for h in ("A", "B"):
@@ -380,7 +380,7 @@ def test_the_boot_unit_brings_it_back_after_power_loss_and_refuses_a_damaged_ove
     key, sif = tmp_path / "release", tmp_path / "good.sif"
     create_keypair(key)
     shutil.copyfile(lab.sms_sif, sif)
-    sign(apptainer, sif, key)
+    sign(apptainer, sif, key, replaces=None)  # the lab image: built here, its build record proves it
     (tmp_path / "config/trusted").mkdir(parents=True)
     shutil.copyfile(f"{key}.pub", tmp_path / "config/trusted/release.pub")
     env = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_STATE_DIR": str(tmp_path / "state"),
