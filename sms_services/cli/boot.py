@@ -20,6 +20,9 @@ def smsctl_path() -> Path:
     here = Path(sys.argv[0])
     if here.name == "smsctl" and here.exists():
         return here.resolve()
+    beside = Path(sys.executable).parent / "smsctl"  # run as python -m from the venv smsctl lives in
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
     raise UserError("smsctl: not on PATH; run smsctl unit from the installed smsctl (e.g. .venv/bin/smsctl)")
 
 
