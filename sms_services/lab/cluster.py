@@ -219,7 +219,7 @@ class Lab(SmsTarget):
         self._write_mgmt_accounts(self._mgmt_accounts)
         tree = self.work / "mgmt/etc"
         os.chown(tree / "munge/munge.key", *self.munge_ids)
-        self._mgmt_build()
+        self.mgmt_build()
         return {f"/etc/{n}": (tree / n).read_text() for n in ("passwd", "group", "shadow")}
 
     def _seed_mgmt(self) -> None:
@@ -239,9 +239,9 @@ class Lab(SmsTarget):
         key.write_bytes(self.munge_key)
         os.chown(key, *self.munge_ids)
         key.chmod(0o400)
-        self._mgmt_build()
+        self.mgmt_build()
 
-    def _mgmt_build(self) -> None:
+    def mgmt_build(self) -> None:
         """The admin's last step after changing SMS-mgmt's files: Warewulf 4 serves a prebuilt
         image and rebuilds it only when nodes.conf changes, so `wwctl overlay build`.  (The
         Warewulf 3 stand-in serves the files as they are, as after `wwsh file sync`.)"""
@@ -264,7 +264,7 @@ class Lab(SmsTarget):
         name = f"probe{self._mgmt_users}x{secrets.token_hex(2)}"
         uid = 3000 + self._mgmt_users
         self._write_mgmt_accounts([*self._mgmt_accounts, f"{name}:x:{uid}:{uid}:probe:/nonexistent:/bin/false"])
-        self._mgmt_build()
+        self.mgmt_build()
         return name
 
     def start_mgmt(self) -> None:

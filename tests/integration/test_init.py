@@ -114,10 +114,12 @@ def mgmt_serves(lab: Lab, conf: str) -> Iterator[None]:
     path = lab.work / "mgmt/etc/slurm/slurm.conf"
     before = path.read_text()
     path.write_text(conf)
+    lab.mgmt_build()  # Warewulf 4 serves its prebuilt image until `wwctl overlay build`
     try:
         yield
     finally:
         path.write_text(before)
+        lab.mgmt_build()
 
 
 def own_site(lab: Lab, project: Project, folder: Path, slurm_conf: str, **more: object) -> Path:

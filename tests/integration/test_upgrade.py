@@ -401,7 +401,7 @@ def test_the_boot_unit_brings_it_back_after_power_loss_and_refuses_a_damaged_ove
         def run(which: str) -> subprocess.CompletedProcess:
             """As systemd runs it: the unit's argv and Environment (plus the lab's Apptainer config)."""
             return subprocess.run(["nsenter", f"--net=/run/netns/{lab.name}", *lines[which]], capture_output=True,
-                                  text=True, timeout=600, cwd="/", env=dict(os.environ, **env, **unit_env))
+                                  text=True, timeout=600, cwd="/", env={**os.environ, **env, **unit_env})
 
         r = run("ExecStop")
         assert r.returncode == 0, r.stderr
