@@ -56,6 +56,15 @@ def pin(sif: Path, folder: Path) -> tuple[Path, bool]:
     sha256 of exactly the bytes it holds.
     """
     private_folder(folder)
+    if sif.parent.resolve() == folder.resolve() and len(sif.name) == NAME_LEN:
+        # Already one of ours (a restart from the record, the boot unit): hashing it proves it
+        # intact; copying it again would double a boot's I/O for nothing.
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            if _same(dir_fd, sif.name, sif.name.removesuffix(".sif")):
+                return folder.resolve() / sif.name, False
+        finally:
+            os.close(dir_fd)
     try:
         src = os.open(sif, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as err:

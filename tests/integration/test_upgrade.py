@@ -30,6 +30,7 @@ from sms_services.lab.verify import open_lab, prepare_images, probe_services
 from sms_services.probes import KINDS
 from sms_services.runtime.backup import backup, check_backup, restore
 from sms_services.runtime.cutover import cutover
+from sms_services.runtime.instance import instance_pids
 from sms_services.runtime.reconcile import reconcile
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.signing import Trust, build_key, sign, signatures
@@ -151,6 +152,16 @@ def smsctl(lab: Lab, project: Project, *args: str, env: dict[str, str], host: st
                           cwd=project.root, env=dict(os.environ, **env))
 
 
+def release_signed(apptainer, lab: Lab, tmp_path: Path) -> tuple[Path, Path]:
+    """A release key and a copy of the lab's image signed with it (the lab image was built
+    here: its build record proves it, so the build signature is replaced unchecked)."""
+    key, sif = tmp_path / "release", tmp_path / "good.sif"
+    create_keypair(key)
+    shutil.copyfile(lab.sms_sif, sif)
+    sign(apptainer, sif, key, replaces=None)
+    return key, sif
+
+
 def smsctl_start(lab: Lab, project: Project, sif: Path, name: str, *extra: str, env: dict[str, str],
                  host: str = "") -> subprocess.CompletedProcess:
     """`smsctl start` of the lab's site on the lab's overlay and bridges (of ``host``, if given),
@@ -243,10 +254,7 @@ def test_smsctl_probe_tells_monitoring_what_broke(apptainer, lab: Lab, project: 
 
     from sms_services.probes.system import SUPERVISORCTL
 
-    key, sif = tmp_path / "release", tmp_path / "good.sif"
-    create_keypair(key)
-    shutil.copyfile(lab.sms_sif, sif)
-    sign(apptainer, sif, key, replaces=None)  # the lab image: built here, its build record proves it
+    key, sif = release_signed(apptainer, lab, tmp_path)
     (tmp_path / "config").mkdir()
     env = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_STATE_DIR": str(tmp_path / "state"),
            "SMS_CONFIG_DIR": str(tmp_path / "config")}
@@ -302,10 +310,7 @@ def test_two_hosts_never_write_one_overlay(apptainer, lab: Lab, project: Project
     from sms_services.runtime.lease import lease_path
     from sms_services.runtime.lease import read as read_lease
 
-    key, sif = tmp_path / "release", tmp_path / "good.sif"
-    create_keypair(key)
-    shutil.copyfile(lab.sms_sif, sif)
-    sign(apptainer, sif, key, replaces=None)  # the lab image: built here, its build record proves it
+    key, sif = release_signed(apptainer, lab, tmp_path)
     host_b = lab.add_host("l")
     envs = {}
     for h in ("A", "B"):
@@ -327,7 +332,7 @@ def test_two_hosts_never_write_one_overlay(apptainer, lab: Lab, project: Project
         assert read_lease(lab.sms_overlay).holder == "hostA"
         r = start("B")
         assert r.returncode == 2 and "held by hostA" in r.stderr and r.stderr.count("\n") == 1, r.stderr
-        assert not instance_pids_of(apptainer, "leaseB")
+        assert not instance_pids(apptainer, "leaseB")
 
         assert stop("A").returncode == 0
         assert not lease_path(lab.sms_overlay).exists()
@@ -351,19 +356,13 @@ def test_two_hosts_never_write_one_overlay(apptainer, lab: Lab, project: Project
         assert stop("B").returncode == 0
     finally:
         for h in ("A", "B"):
-            if instance_pids_of(apptainer, f"lease{h}"):
+            if instance_pids(apptainer, f"lease{h}"):
                 kill_instance(apptainer, f"lease{h}", lab.sms_overlay)
         lease_path(lab.sms_overlay).unlink(missing_ok=True)
         subprocess.run(["ip", "netns", "delete", host_b], capture_output=True)
         lab.start_sms(lab.sms_sif)
     outcome = probe_services(lab)
     assert outcome.ok, outcome.failed
-
-
-def instance_pids_of(apptainer, name: str) -> list[int]:
-    from sms_services.runtime.instance import instance_pids
-
-    return instance_pids(apptainer, name)
 
 
 def test_the_boot_unit_brings_it_back_after_power_loss_and_refuses_a_damaged_overlay(
@@ -377,10 +376,7 @@ def test_the_boot_unit_brings_it_back_after_power_loss_and_refuses_a_damaged_ove
     from sms_services.runtime.lease import read as read_lease
     from sms_services.runtime.units import exec_lines
 
-    key, sif = tmp_path / "release", tmp_path / "good.sif"
-    create_keypair(key)
-    shutil.copyfile(lab.sms_sif, sif)
-    sign(apptainer, sif, key, replaces=None)  # the lab image: built here, its build record proves it
+    key, sif = release_signed(apptainer, lab, tmp_path)
     (tmp_path / "config/trusted").mkdir(parents=True)
     shutil.copyfile(f"{key}.pub", tmp_path / "config/trusted/release.pub")
     env = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_STATE_DIR": str(tmp_path / "state"),
