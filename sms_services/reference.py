@@ -62,7 +62,8 @@ FRAGMENT_KEYS: dict[str, tuple[dict[str, Any], str]] = {
     "templates": ({"type": "object", "additionalProperties": {"type": "string", "pattern": "^/"}},
                   "templates/<file>.j2 -> the overlay path it is rendered to from the site"),
     "probes": ({"type": "array", "items": {"$ref": "#/$defs/probe"}},
-               "proof the service answers: a probe kind and its parameters (see Probe kinds)"),
+               "proof the service answers: a probe kind and its parameters (see Probe kinds); `when: VAR` "
+               "runs it only where the site's boolean VAR is on"),
     "breaks": ({"type": "array", "items": {
         "type": "object", "additionalProperties": False,
         "required": ["name", "doc", "break", "repair", "fails"],
@@ -77,7 +78,9 @@ FRAGMENT_KEYS: dict[str, tuple[dict[str, Any], str]] = {
 def _probe_schema() -> dict[str, Any]:
     variants = []
     for k in sorted(KINDS.values(), key=lambda k: k.name):
-        props: dict[str, Any] = {"kind": {"const": k.name}}
+        props: dict[str, Any] = {"kind": {"const": k.name},
+                                 "when": {**_STR, "description": "a boolean site variable of the fragment: "
+                                          "the probe runs only where the site turned it on"}}
         for pname, spec in k.params.items():
             props[pname] = {"enum": list(spec.choices)} if spec.choices else _STR
         variants.append({"type": "object", "description": k.doc, "additionalProperties": False,

@@ -8,13 +8,15 @@ re-installs from a bound host apt cache instead of downloading again.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,25 @@ from sms_services.inputs.release import Variant
 from sms_services.trust.signing import build_key, build_signer, sign
 
 MIN_FREE_GIB = float(os.environ.get("SMS_MIN_FREE_GIB", "3"))
+
+
+@contextmanager
+def _cache_lock(folder: Path | None, say: Callable[[str], None]) -> Iterator[None]:
+    """One build at a time on a shared apt cache: apt inside a second build would fail
+    at once on the cache's lock ("Could not get lock /var/cache/apt/archives/lock")."""
+    if folder is None:
+        yield
+        return
+    fd = os.open(folder / ".sms-services.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another build using the apt cache {folder}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def default_cache() -> Path:
@@ -153,7 +174,8 @@ class Builder:
                 continue
             self.say(f"layer {name}: building ({variant.base.name})")
             t = time.monotonic()
-            self._build_one(text, sif, log, binds=b, what=f"release {variant.name} layer {name}")
+            with _cache_lock(Path(b[0].split(":")[0]) if b else None, self.say):
+                self._build_one(text, sif, log, binds=b, what=f"release {variant.name} layer {name}")
             result.layers[name] = "built"
             self.say(f"layer {name}: built in {time.monotonic() - t:.0f} s")
 

@@ -57,6 +57,9 @@ class SiteVar:
 class Probe:
     kind: str
     params: dict[str, object]
+    # A site switch (a bool site variable) the probe runs under: a service a site turns on
+    # (Slurm's own metrics) is proven only where it was turned on.
+    when: str = ""
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,12 @@ def load_fragment(folder: Path) -> Fragment:
     probes = []
     for pf in f.list_of_mappings("probes"):
         kind = pf.str("kind", required=True)
-        probes.append(Probe(kind, {k: v for k, v in pf.data.items() if k != "kind"}))
+        when = pf.str("when", "")
+        switch = next((v for v in site if v.name == when), None)
+        if when and (switch is None or switch.type.spec != "boolean"):
+            raise pf.fail("when", f"{when!r} must be a boolean site variable this fragment declares "
+                                  "(the switch that turns the probed feature on)")
+        probes.append(Probe(kind, {k: v for k, v in pf.data.items() if k not in ("kind", "when")}, when))
 
     file_modes = []
     ff = f.mapping("file_modes")

@@ -41,8 +41,26 @@ def includes(text: str) -> list[str]:
     return found
 
 
-def problems(files: dict[str, str], *, hostname: str, address: str, state: list[str]) -> list[str]:
-    """One line per setting of the site's slurm.conf that cannot work under SMS-services."""
+METRICS_SINCE = (25, 11)  # slurmctld's metrics/openmetrics plugin (slurm.schedmd.com/metrics.html)
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    m = re.match(r"^(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def serves_metrics(slurm: str) -> bool:
+    """Whether a slurmctld of this version has metrics/openmetrics (unknown: no)."""
+    have = _version(slurm)
+    return have is not None and have >= METRICS_SINCE
+
+
+def problems(files: dict[str, str], *, hostname: str, address: str, state: list[str],
+             metrics: bool = False, slurm: str = "") -> list[str]:
+    """One line per setting of the site's slurm.conf that cannot work under SMS-services.
+
+    ``metrics``: the site's slurm_metrics switch; ``slurm``: the image's Slurm version
+    (empty when unknown)."""
     conf = files.get(f"{SLURM_DIR}/slurm.conf")
     if conf is None:
         return []
@@ -61,6 +79,21 @@ def problems(files: dict[str, str], *, hostname: str, address: str, state: list[
     if not any(PurePosixPath(where).is_relative_to(s) for s in state):
         found.append(f"slurm.conf: StateSaveLocation={where} is outside the state paths the image keeps "
                      f"in the overlay ({', '.join(state)})")
+    mtype = keys.get("metricstype", "")
+    if metrics and mtype != "metrics/openmetrics":
+        found.append("slurm.conf: slurm_metrics is on but MetricsType is "
+                     f"{mtype or '(unset)'}; add MetricsType=metrics/openmetrics or turn slurm_metrics off")
+    if mtype and slurm and not serves_metrics(slurm):
+        found.append(f"slurm.conf: MetricsType={mtype} needs Slurm 25.11 or later, the image's is {slurm}; "
+                     "turn slurm_metrics off or use a release whose Slurm is newer")
+    # Slurm 25.11 serves no metrics while PrivateData is set; later ones can be told to
+    # (MetricsParameters=ignore_private_data) or to ask for a token (MetricsAuthUsers).
+    private_ok = ("ignore_private_data" in keys.get("metricsparameters", "").split(",")
+                  or bool(keys.get("metricsauthusers")))
+    if mtype and keys.get("privatedata") and not private_ok:
+        found.append(f"slurm.conf: MetricsType={mtype} with PrivateData={keys['privatedata']}: Slurm serves "
+                     "no metrics while PrivateData is set; drop one of them (or, Slurm 26.05 and later, "
+                     "add MetricsParameters=ignore_private_data)")
     for path in includes(conf):
         if path not in files:
             found.append(f"slurm.conf: Include {path}: the site does not provide it (list it in slurm_files)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -111,7 +111,11 @@ def probe_problems(probe: Probe) -> list[str]:
     return problems
 
 
-def runnable(probe: Probe, provides: frozenset[str]) -> bool:
+def runnable(probe: Probe, provides: frozenset[str], site_values: Mapping[str, object] | None = None) -> bool:
+    """The target meets the kind's needs, and the site turned on what the probe proves
+    (``when``; a target without site values runs no switched probe)."""
+    if probe.when and not (site_values or {}).get(probe.when):
+        return False
     k = KINDS.get(probe.kind)
     return k is None or k.needs <= provides  # an unknown kind runs, and fails naming itself
 
@@ -186,11 +190,13 @@ def run_all(c: Cluster, fragments: list[Fragment] | tuple[Fragment, ...], *, rea
     one has passed, each further probe gets ``probe_timeout``.
     """
     have = c.provides if provides is None else provides
+    site = getattr(c, "site", None)  # the lab and a deployment carry their site
+    values = site.values if site is not None else {}
     results: list[Result] = []
     first = True
     for frag in fragments:
         for probe in frag.probes:
-            if probe.kind in skip or not runnable(probe, have):
+            if probe.kind in skip or not runnable(probe, have, values):
                 continue
             budget = ready_timeout if first else probe_timeout
             res = run_one(c, frag.name, probe, time.monotonic() + budget, phase)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from sms_services.probes.registry import IDLE_NODES, Cluster, ProbeFailed, kind, ok
+from sms_services.probes.registry import IDLE_NODES, Cluster, ProbeFailed, kind, ok, py
 
 
 @kind("slurm-ping")
@@ -96,3 +96,44 @@ def slurm_job_mail(c: Cluster, p: dict) -> str:
             return f"end-of-job mail for job {job} delivered to {rcpt}"
         time.sleep(0.5)
     raise ProbeFailed(f"no end-of-job mail for job {job} in /var/mail (slurmctld MailProg -> postfix)")
+
+
+# A scrape as Prometheus would make it, from the provisioning network (a compute node).
+_SCRAPE = """
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+    sys.stdout.write(r.headers.get("Content-Type", "") + "\\n" + r.read().decode())
+"""
+
+
+NODES_TOTAL = "slurm_nodes"  # "Total number of nodes" (Slurm 26.05's /metrics/nodes)
+
+
+def scrape(c: Cluster, path: str) -> dict[str, list]:
+    """Metric family name -> its samples, of what slurmctld serves at ``path``, parsed as
+    Prometheus does (26.05 serves text/plain in the Prometheus text format, HELP and TYPE
+    for every family; the text parser also takes OpenMetrics' trailing ``# EOF``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    host = f"[{c.sms_ip}]" if ":" in c.sms_ip else c.sms_ip
+    url = f"http://{host}:6817{path}"
+    out = ok(c.on_node(c.nodes[0], py(_SCRAPE, url), timeout=15), f"GET {url}")
+    ctype, _, body = out.partition("\n")
+    try:
+        return {f.name: list(f.samples) for f in text_string_to_metric_families(body)}
+    except ValueError as err:
+        raise ProbeFailed(f"GET {url} ({ctype or 'no content type'}): not metrics ({err}); "
+                          f"it began {body[:60]!r}") from None
+
+
+@kind("slurm-metrics")
+def slurm_metrics(c: Cluster, p: dict) -> str:
+    """slurmctld serves its own metrics (GET /metrics/nodes on port 6817), counting every node of the site."""
+    families = scrape(c, "/metrics/nodes")
+    total = families.get(NODES_TOTAL)
+    if not total:
+        raise ProbeFailed(f"/metrics/nodes has no {NODES_TOTAL} (families: {', '.join(sorted(families)) or 'none'})")
+    count = int(total[0].value)
+    if count != len(c.nodes):
+        raise ProbeFailed(f"/metrics/nodes counts {count} nodes, the site has {len(c.nodes)}")
+    return f"/metrics/nodes: {len(families)} metric families, {count} nodes"

@@ -23,6 +23,7 @@ from sms_services import slurm
 from sms_services.errors import UserError
 from sms_services.image.accounts import Accounts, id_maps, ids
 from sms_services.inputs.project import Project
+from sms_services.inputs.slurmconf import serves_metrics
 from sms_services.inputs.site import render_site
 from sms_services.probes import Result, failed_services, run_all
 from sms_services.runtime.overlay import copy_overlay, usage, write_overlay_files
@@ -181,6 +182,10 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
     if new_release not in project.matrix.releases:
         raise UserError(f"{new_sif}: not an SMS-services image (no known sms-services.release label)")
     refused = step_reasons(old_labels, new_labels, node_slurmd)
+    new_ctl = new_labels.get("sms-services.slurm.installed", "")
+    if target.site.values.get("slurm_metrics") and not serves_metrics(new_ctl):
+        refused.append(f"the site's slurm_metrics needs slurmctld 25.11 or later, the new image's is "
+                       f"{new_ctl or 'unknown'}: turn slurm_metrics off first")
     if refused:
         raise UserError(f"cutover to {target.image_name(new_sif)} refused: {'; '.join(refused)}")
     assert target.sms_overlay is not None

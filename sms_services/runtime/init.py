@@ -267,7 +267,8 @@ def init(project: Project, image: ImageFacts, *, site_path: Path, overlay: Path,
         imported = dict(plan.folders)
     text = {k: v for k, v in seed.files.items() if isinstance(v, str)}
     found = problems(text, hostname=str(site.values.get("sms_hostname", "")),
-                     address=str(site.values.get("provision_ip", "")), state=state_paths)
+                     address=str(site.values.get("provision_ip", "")), state=state_paths,
+                     metrics=bool(site.values.get("slurm_metrics")), slurm=image.slurm)
     if found:
         raise UserError(f"{site_path}: " + "; ".join(found))
     check_free_space(overlay.parent, size_mib)

@@ -126,9 +126,10 @@ def plan_import(root: Path, *, site: Site, state_paths: list[str], image: Accoun
         plan.files.update(kept)
         plan.imports.append(f"Slurm config: {', '.join(sorted(kept))} (kept instead of the rendered ones)")
     found = problems({f"{SLURM_DIR}/slurm.conf": conf, **kept}, hostname=hostname, address=address,
-                     state=state_paths)
-    if not keep_slurm_conf:  # a rendered slurm.conf keeps state where it should and includes nothing
-        found = [p for p in found if "StateSaveLocation=" not in p and "Include " not in p]
+                     state=state_paths, metrics=bool(site.values.get("slurm_metrics")), slurm=image_slurm)
+    if not keep_slurm_conf:  # the rendered slurm.conf keeps state where it should, includes nothing,
+        # and says MetricsType exactly when the site asks (init checks that one against the image)
+        found = [p for p in found if not any(w in p for w in ("StateSaveLocation=", "Include ", "MetricsType"))]
     plan.refusals += [f"{root}/etc/slurm/{line}" for line in found]
 
     # The controller's state: where the old slurm.conf kept it.

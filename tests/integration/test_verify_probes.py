@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sms_services.inputs.project import Project
 from sms_services.lab.cluster import SUPERVISORCTL, Lab, lab_is_gone
 from sms_services.lab.verify import open_lab, probe_services
+from sms_services.probes import probe_name
 
 pytestmark = pytest.mark.integration
 
@@ -40,10 +42,18 @@ BREAKS = sorted((_lab_release(f.name), f.name, b.name) for f in PROJECT.fragment
 SH_PRELUDE = "ctl() { " + " ".join(CTL) + ' "$@"; }\n'
 
 
+# Site switches each lab turns on: Slurm's own metrics where its Slurm (sid's) has them.
+SWITCHES = {"3.5": {}, "4.1": {"slurm_metrics": True}}
+
+
 @pytest.fixture(scope="module")
-def lab(request, apptainer, project: Project) -> Iterator[Lab]:
+def lab(request, apptainer, project: Project, tmp_path_factory) -> Iterator[Lab]:
     """A green lab of the release (the test's parameter), named apart from `smsctl verify`'s own."""
-    with open_lab(project, apptainer, request.param, name=f"smstest{request.param.replace('.', '')}") as lab:
+    site = tmp_path_factory.mktemp("site") / "site.yaml"
+    data = yaml.safe_load((project.root / "overlays/lab/site.yaml").read_text())
+    site.write_text(yaml.safe_dump({**data, **SWITCHES[request.param]}))
+    with open_lab(project, apptainer, request.param, name=f"smstest{request.param.replace('.', '')}",
+                  site_path=site) as lab:
         outcome = probe_services(lab, ready_timeout=90)
         assert outcome.ok, f"lab {request.param} is not green before any test: {outcome.failed}"
         yield lab
@@ -65,7 +75,9 @@ def test_a_broken_service_fails_exactly_the_probes_its_fragment_names(lab: Lab, 
     try:
         broken = probe_services(lab, only={service}, ready_timeout=6, probe_timeout=6)
         failed = [r for r in broken.results if not r.ok]
-        assert sorted(r.probe for r in failed) == sorted(brk.fails), [(r.probe, r.detail) for r in failed]
+        off = {probe_name(p) for p in PROJECT.fragments[service].probes if p.when and not lab.site.values.get(p.when)}
+        expected = sorted(set(brk.fails) - off)  # a probe of a feature this lab's site left off does not run
+        assert sorted(r.probe for r in failed) == expected, [(r.probe, r.detail) for r in failed]
         assert broken.failed_services == [service]
         assert all(r.detail for r in failed)
         assert all(brk.detail in r.detail for r in failed), [r.detail for r in failed]
@@ -120,3 +132,24 @@ def test_the_instance_stops_within_five_seconds(apptainer, project: Project) -> 
         assert seconds < 5, f"instance stop took {seconds} s"
         assert lab.sms_instance not in lab.running_instances()
     assert lab_is_gone("smsstop35", apptainer)
+
+
+@pytest.mark.parametrize("lab", ["4.1"], indirect=True)
+def test_slurms_own_metrics_are_served_and_their_probe_names_slurmctld_when_they_stop(lab: Lab) -> None:
+    """slurm_metrics on (4.1: sid's Slurm 26.05): the probe passes; with MetricsType taken out
+    of slurm.conf and slurmctld restarted (it answers pings, serves no metrics), only
+    slurm-metrics fails, naming slurmctld; put back, it passes again."""
+    assert "\nMetricsType=metrics/openmetrics\n" in lab.on_sms(["cat", "/etc/slurm/slurm.conf"])[1]
+    green = probe_services(lab, only={"slurmctld"}, ready_timeout=60)
+    assert green.ok and "slurm-metrics" in {r.probe for r in green.results}, green.results
+    conf = "/etc/slurm/slurm.conf"
+    _run(lab, f"cp {conf} /tmp/slurm.conf.saved && sed -i '/^MetricsType=/d' {conf} && ctl restart slurmctld")
+    try:
+        broken = probe_services(lab, only={"slurmctld"}, ready_timeout=6, probe_timeout=6)
+        failed = [r for r in broken.results if not r.ok]
+        assert [r.probe for r in failed] == ["slurm-metrics"], [(r.probe, r.detail) for r in broken.results]
+        assert broken.failed_services == ["slurmctld"] and "/metrics/nodes" in failed[0].detail, failed[0].detail
+    finally:
+        _run(lab, f"cp /tmp/slurm.conf.saved {conf} && ctl restart slurmctld")
+    healed = probe_services(lab, only={"slurmctld"}, ready_timeout=60)
+    assert healed.ok, [(r.probe, r.detail) for r in healed.results if not r.ok]

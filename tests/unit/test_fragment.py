@@ -84,11 +84,14 @@ def test_file_modes_are_declared_by_the_fragments(project) -> None:
     ("file_modes:\n  /etc/munge/munge.key: {owner: munge, mode: 0400}\n", "file_modes./etc/munge/munge.key.mode"),
     ("file_modes:\n  etc/x: {mode: \"0400\"}\n", "must be an absolute path"),
     ("breaks:\n  - {name: x, doc: d, break: b, repair: r, fails: []}\n", "must name the probes"),
+    ("probes:\n  - {kind: process, name: cron, when: cron_on}\n", "when' 'cron_on' must be a boolean site "
+     "variable this fragment declares"),
 ])
 def test_bad_file_modes_and_breaks_name_the_field(scratch: Path, snippet: str, expect: str) -> None:
     meta = scratch / "defs/cron/fragment.yaml"
     text = meta.read_text()
     text = text.split("\nbreaks:")[0] + "\n" if "breaks:" in snippet else text
+    text = text.split("\nprobes:")[0] + "\n" if snippet.startswith("probes:") else text
     meta.write_text(text + snippet)
     with pytest.raises(UserError, match=expect.replace(".", r"\.")):
         load_fragments(scratch / "defs")

@@ -4,6 +4,7 @@ the integration test's: tests/integration/test_init.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -403,3 +404,41 @@ def test_a_link_or_dotdot_out_of_the_old_sms_root_is_refused(tmp_path: Path) -> 
             inside(root, path)
     (root / "etc/slurm").mkdir()
     assert inside(root, "/etc/slurm") == (root / "etc/slurm").resolve()
+
+
+def with_slurm(image: ImageFacts, version: str) -> ImageFacts:
+    return dataclasses.replace(image, slurm=version)
+
+
+def test_slurm_metrics_turns_on_openmetrics_where_the_images_slurm_has_it(project: Project, tmp_path: Path) -> None:
+    site = site_with(tmp_path, slurm_metrics=True)
+    frags = project.sms_fragments("3.6")
+    files = render_site(load_site(site, frags, list(project.fragments.values())), frags, "3.6")
+    assert "\nMetricsType=metrics/openmetrics\n" in files["/etc/slurm/slurm.conf"]
+    img = make(project, tmp_path, site_path=site, image=with_slurm(facts("3.6"), "26.05.1"))
+    assert "/etc/slurm/slurm.conf" in tree(img, "/upper/etc/slurm")
+    # Off (the default): not a word of it.
+    assert "MetricsType" not in render_site(load_site(LAB_SITE, frags, list(project.fragments.values())),
+                                            frags, "3.6")["/etc/slurm/slurm.conf"]
+
+
+def test_slurm_metrics_on_a_slurm_without_them_is_refused_in_one_line(project: Project, tmp_path: Path) -> None:
+    site = site_with(tmp_path, slurm_metrics=True)
+    with pytest.raises(UserError, match=re.escape("MetricsType=metrics/openmetrics needs Slurm 25.11 or later, "
+                                                  "the image's is 24.11.5")) as err:
+        make(project, tmp_path, site_path=site, image=with_slurm(facts(), "24.11.5"))
+    assert "\n" not in str(err.value) and left_in(tmp_path, "site") == []
+
+
+def test_slurm_metrics_with_an_own_slurm_conf_needs_its_metrics_type(project: Project, tmp_path: Path) -> None:
+    site = site_with(tmp_path, slurm_metrics=True, slurm_conf="slurm.conf", slurm_files=["nodes.conf"])
+    (site.parent / "slurm.conf").write_text(own_conf())
+    (site.parent / "nodes.conf").write_text("NodeName=c[1-2]\n")
+    with pytest.raises(UserError, match=re.escape("slurm_metrics is on but MetricsType is (unset)")):
+        make(project, tmp_path, site_path=site, image=with_slurm(facts("3.6"), "26.05.1"))
+    (site.parent / "slurm.conf").write_text(own_conf(MetricsType="metrics/openmetrics", PrivateData="jobs"))
+    with pytest.raises(UserError, match=re.escape("with PrivateData=jobs: Slurm serves no metrics")):
+        make(project, tmp_path, site_path=site, image=with_slurm(facts("3.6"), "26.05.1"))
+    (site.parent / "slurm.conf").write_text(own_conf(MetricsType="metrics/openmetrics"))
+    make(project, tmp_path, site_path=site, image=with_slurm(facts("3.6"), "26.05.1"))
+    assert left_in(tmp_path, "site") == ["sms.img"]

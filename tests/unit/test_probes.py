@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,50 @@ def test_what_a_target_provides_decides_what_runs() -> None:
     assert runnable(srun, frozenset({"idle-nodes"})) and runnable(nat, frozenset(NEEDS))
 
 
+def test_a_switched_probe_runs_only_where_the_site_turned_it_on() -> None:
+    metrics = Probe("slurm-metrics", {}, when="slurm_metrics")
+    assert not runnable(metrics, frozenset(NEEDS))  # no site values: no switch is on
+    assert not runnable(metrics, frozenset(NEEDS), {"slurm_metrics": False})
+    assert runnable(metrics, frozenset(), {"slurm_metrics": True})
+
+
 def test_probe_problems_of_a_good_probe_are_none() -> None:
     assert probe_problems(Probe("process", {"name": "mariadbd"})) == []
     assert probe_problems(Probe("process", {})) != []
+
+
+class _Scraped:
+    """A target whose compute node fetches what slurmctld would serve."""
+
+    def __init__(self, rc: int, body: str, nodes: int = 2) -> None:
+        self.nodes = [f"c{i + 1}" for i in range(nodes)]
+        self.sms_ip = "198.18.0.2"
+        self.rc, self.body, self.asked = rc, body, []
+
+    def on_node(self, node: str, command: list[str], stdin: str | None = None,
+                timeout: float = 30) -> tuple[int, str, str]:
+        self.asked.append(command[-1])
+        return self.rc, "text/plain\n" + self.body, "urllib.error.URLError: connection refused" if self.rc else ""
+
+
+NODES = "# HELP slurm_nodes Total number of nodes\n# TYPE slurm_nodes gauge\nslurm_nodes {n}\n"
+
+
+@pytest.mark.parametrize("rc,body,expect", [
+    (0, NODES.format(n=2), None),
+    (0, NODES.format(n=1), "/metrics/nodes counts 1 nodes, the site has 2"),
+    (0, "# HELP slurm_jobs x\n# TYPE slurm_jobs gauge\nslurm_jobs 0\n", "has no slurm_nodes (families: slurm_jobs)"),
+    (0, "<html>not found</html>\n", "not metrics"),
+    (1, "", "GET http://198.18.0.2:6817/metrics/nodes exited 1"),
+])
+def test_slurm_metrics_reads_what_slurmctld_serves(rc: int, body: str, expect: str | None) -> None:
+    from sms_services.probes.registry import ProbeFailed
+    from sms_services.probes.slurm import slurm_metrics
+
+    target = _Scraped(rc, body)
+    if expect is None:
+        assert slurm_metrics(target, {}) == "/metrics/nodes: 1 metric families, 2 nodes"  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ProbeFailed, match=re.escape(expect)):
+            slurm_metrics(target, {})  # type: ignore[arg-type]
+    assert target.asked == ["http://198.18.0.2:6817/metrics/nodes"]

@@ -102,6 +102,8 @@ def _twin(name: str, var: SiteVar, value: Any) -> Any:
     """A known-good value of the same shape (list length, empty or not)."""
     if value == "":
         return ""
+    if var.type.base == "boolean" and not var.type.is_list and isinstance(value, bool):
+        return value  # a switch's lines are the template's; its value is never written out
     if var.type.is_list:
         if var.type.base == "node":
             return [{"name": f"n{i}", "address": f"198.18.0.{100 + i}"} for i in range(len(value))]
