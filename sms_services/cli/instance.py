@@ -27,7 +27,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     from sms_services.apptainer import Apptainer
     from sms_services.runtime.deploy import images_dir
     from sms_services.runtime.init import image_facts, init, parse_size
-    from sms_services.runtime.pin import checked_copy, unpin
+    from sms_services.runtime.pin import checked
 
     # SIGTERM stops init like Ctrl-C does: its temporary files go, no half overlay stays.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -35,20 +35,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     project, apptainer = project_of(args), Apptainer.find()
     sif = sif_of(args, args.sif).resolve()
     # init runs the image (its accounts, folders and Slurm parser): the checked private copy, as start does.
-    folder = images_dir()
-    copy, _, pinned = checked_copy(apptainer, sif, trust_of(args), folder,
-                                   warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
-    try:
-        made = init(project, image_facts(project, apptainer, copy), site_path=Path(args.site),
+    # Not kept: start pins (and keeps) its own copy.
+    with checked(apptainer, sif, trust_of(args), images_dir(),
+                 warn=lambda s: err_console.print(f"smsctl: {s}", markup=False)) as copy:
+        made = init(project, image_facts(project, apptainer, copy.path), site_path=Path(args.site),
                     overlay=Path(args.overlay).absolute(), size_mib=size,
                     munge_key=Path(args.munge_key) if args.munge_key else None, new_key=args.new_munge_key,
                     force=args.force, apptainer=apptainer,
                     from_sms=Path(args.from_sms) if args.from_sms else None,
                     keep_slurm_conf=args.keep_slurm_conf, dry_run=args.dry_run,
                     say=lambda s: out_console.print(s, markup=False))
-    finally:
-        if pinned:  # start pins (and keeps) its own copy
-            unpin(copy, folder)
     if made is None:
         out_console.print("dry run: nothing was written", markup=False)
         return 0
@@ -65,7 +61,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_start(args: argparse.Namespace) -> int:
     from sms_services.apptainer import Apptainer
     from sms_services.runtime.deploy import Record, images_dir, start
-    from sms_services.runtime.pin import checked_copy, unpin
+    from sms_services.runtime.pin import checked
 
     apptainer = Apptainer.find()
     settings = ("overlay", "site", "provision_bridge", "public_bridge")
@@ -92,19 +88,14 @@ def cmd_start(args: argparse.Namespace) -> int:
             args.public_bridge
         node_exec, binds = args.node_exec, args.bind or []
     # What is checked is a private copy, and that copy is what starts (runtime/pin.py).
-    folder = images_dir()
-    copy, signer, made = checked_copy(apptainer, sif, trust_of(args), folder,
-                                      warn=lambda s: err_console.print(f"smsctl: {s}", markup=False))
-    try:
-        dep = start(project_of(args), apptainer, copy, name=args.name, overlay=overlay, site=site,
+    with checked(apptainer, sif, trust_of(args), images_dir(),
+                 warn=lambda s: err_console.print(f"smsctl: {s}", markup=False)) as copy:
+        dep = start(project_of(args), apptainer, copy.path, name=args.name, overlay=overlay, site=site,
                     provision_bridge=prov, public_bridge=pub, node_exec=node_exec, binds=binds,
-                    signer=str(signer) if signer else "UNSIGNED", source=source, take_over=args.take_over,
-                    pid_file=Path(args.pid_file) if args.pid_file else None,
+                    signer=str(copy.signer) if copy.signer else "UNSIGNED", source=source,
+                    take_over=args.take_over, pid_file=Path(args.pid_file) if args.pid_file else None,
                     say=lambda s: err_console.print(f"smsctl: {s}", markup=False))
-    except BaseException:
-        if made:
-            unpin(copy, folder)
-        raise
+        copy.keep = True  # the record names it
     dep.close()
     out_console.print(f"started {args.name}: {source.name} (release {dep.release}, signed by "
                       f"{dep.record.signer}) on {overlay} (checked: e2fsck clean); recorded in "
@@ -189,7 +180,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     from sms_services.probes.report import print_table
     from sms_services.runtime.cutover import cutover
     from sms_services.runtime.deploy import Deployment, Record, images_dir
-    from sms_services.runtime.pin import checked_copy, unpin
+    from sms_services.runtime.pin import checked
 
     project, apptainer = project_of(args), Apptainer.find()
     record = Record.load(args.name)
@@ -201,14 +192,11 @@ def cmd_cutover(args: argparse.Namespace) -> int:
                             f"(smsctl start starts one)")
         say = lambda s: err_console.print(f"[bold]cutover[/bold] {s}")  # noqa: E731
         # Checked now, started after the old instance stopped: so a private copy, not the path.
-        copy, signer, made = checked_copy(apptainer, new_sif, trust_of(args), images_dir(), warn=say)
-        dep.sources[copy] = str(new_sif)
-        try:
-            report = cutover(dep, project, copy, trust=trust_of(args), deadline=args.deadline,
-                             node_slurmd=dep.slurmd_versions(), signer=signer, say=say)
-        finally:
-            if made and record.sif != str(copy):  # refused or rolled back: nothing runs it
-                unpin(copy, images_dir())
+        with checked(apptainer, new_sif, trust_of(args), images_dir(), warn=say) as copy:
+            dep.sources[copy.path] = str(new_sif)
+            report = cutover(dep, project, copy.path, trust=trust_of(args), deadline=args.deadline,
+                             node_slurmd=dep.slurmd_versions(), signer=copy.signer, say=say)
+            copy.keep = record.sif == str(copy.path)  # refused or rolled back: nothing runs it
         if report.ok:
             record.signer = report.signer
             record.save()

@@ -18,7 +18,9 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from sms_services.apptainer import Apptainer
@@ -152,3 +154,30 @@ def checked_copy(apptainer: Apptainer, sif: Path, trust: Trust, folder: Path,
             unpin(copy, folder)
         raise
     return copy, signer, made
+
+
+@dataclass
+class Checked:
+    """A checked private copy, kept after the block only when the caller says it now runs."""
+
+    path: Path
+    signer: Signer | None
+    keep: bool = False
+
+
+@contextmanager
+def checked(apptainer: Apptainer, sif: Path, trust: Trust, folder: Path,
+            warn: Callable[[str], None] = lambda s: None) -> Iterator[Checked]:
+    """:func:`checked_copy` for one command: the copy this call made goes again when the
+    block fails or ends without ``keep`` (a copy made earlier is never removed: a record
+    may name it)."""
+    copy, signer, made = checked_copy(apptainer, sif, trust, folder, warn)
+    found = Checked(copy, signer)
+    try:
+        yield found
+    except BaseException:
+        found.keep = False
+        raise
+    finally:
+        if made and not found.keep:
+            unpin(copy, folder)

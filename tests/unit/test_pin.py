@@ -14,7 +14,7 @@ from sifmaker import write_sif as make_sif
 from sms_services.cli import main as cli
 from sms_services.errors import UserError
 from sms_services.runtime import deploy
-from sms_services.runtime.pin import checked_copy, pin
+from sms_services.runtime.pin import checked, checked_copy, pin
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.signing import Trust
 
@@ -58,6 +58,26 @@ def test_a_refused_copy_is_removed_and_the_message_names_the_given_file(tmp_path
         checked_copy(app, sif, Trust([pub]), tmp_path / "images")  # type: ignore[arg-type]
     assert str(err.value).startswith(f"{sif}: ") and "object 2: object not signed" in str(err.value)
     assert list((tmp_path / "images").iterdir()) == []
+
+
+def test_a_checked_copy_stays_only_when_the_command_keeps_it(tmp_path: Path) -> None:
+    """init never keeps its copy, start keeps it once started, a failed start or cutover does not."""
+    sif = make_sif(tmp_path / "image.sif", SIGNED)
+    pub = create_keypair(tmp_path / "site").public
+    app, folder = FakeApptainer(lambda a: ""), tmp_path / "images"
+    with checked(app, sif, Trust([pub]), folder) as copy:  # type: ignore[arg-type]
+        assert copy.path.read_bytes() == sif.read_bytes()
+    assert list(folder.iterdir()) == []
+    with pytest.raises(RuntimeError), checked(app, sif, Trust([pub]), folder) as copy:  # type: ignore[arg-type]
+        copy.keep = True
+        raise RuntimeError("the start failed after all")
+    assert list(folder.iterdir()) == []
+    with checked(app, sif, Trust([pub]), folder) as copy:  # type: ignore[arg-type]
+        copy.keep = True
+    assert list(folder.iterdir()) == [copy.path]
+    with checked(app, sif, Trust([pub]), folder) as again:  # type: ignore[arg-type]
+        pass  # not made by this call: a record may name it, so it stays
+    assert again.path == copy.path and copy.path.exists()
 
 
 def test_start_starts_the_checked_copy_even_if_the_file_is_swapped_after_the_check(
