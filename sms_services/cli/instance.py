@@ -181,9 +181,18 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     from sms_services.runtime.cutover import cutover
     from sms_services.runtime.deploy import Deployment, Record, images_dir
     from sms_services.runtime.pin import checked
+    from sms_services.runtime.units import unit_name
 
     project, apptainer = project_of(args), Apptainer.find()
     record = Record.load(args.name)
+    if record.pid_file:
+        # A unit follows the pid file only while its main process lives; the cutover stops that
+        # process first, so systemd would count the service as ended (and stop, or restart, it)
+        # in the middle of the cutover.
+        raise UserError(f"instance {args.name} was started with --pid-file (by its unit {unit_name(args.name)}); "
+                        f"cut over with the unit stopped: systemctl stop {unit_name(args.name)}; smsctl start "
+                        f"--name {args.name}; smsctl cutover ...; smsctl stop --name {args.name}; systemctl start "
+                        f"{unit_name(args.name)}")
     old_name = Path(record.source or record.sif).name
     new_sif = sif_of(args, args.to).resolve()
     with Deployment(project, apptainer, record, jobs=args.jobs) as dep:
@@ -253,7 +262,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--provision-bridge", metavar="BRIDGE", help="host bridge on the provisioning network")
     s.add_argument("--public-bridge", metavar="BRIDGE", help="host bridge on the public network")
     s.add_argument("--pid-file", metavar="FILE",
-                   help="where Apptainer writes the instance's pid (the unit's PIDFile; kept across cutovers)")
+                   help="where Apptainer writes the instance's pid (the unit's PIDFile; cutovers refuse it: run them with the unit stopped)")
     s.add_argument("--node-exec", default=DEFAULT_NODE_EXEC, metavar="COMMAND",
                    help="runs a command on compute node {node}, given as one shell string, for the probes "
                         f"(default: {DEFAULT_NODE_EXEC!r})")

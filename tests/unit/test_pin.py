@@ -166,3 +166,18 @@ def test_start_by_name_alone_restarts_the_recorded_instance_as_recorded(
     assert "also give --site --provision-bridge --public-bridge" in capsys.readouterr().err
     assert cli.main([*base, "--name", "nosuch"]) == 2
     assert "no record of an instance named 'nosuch'" in capsys.readouterr().err
+
+
+def test_a_cutover_of_an_instance_its_unit_started_is_refused_before_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The unit follows the pid file only while its main process lives; a cutover stops that
+    process first, so systemd would act on the service in the middle of it."""
+    monkeypatch.setenv("SMS_STATE_DIR", str(tmp_path / "state"))
+    deploy.Record("sms", str(tmp_path / "x.sif"), "3.5", str(tmp_path / "o.img"), "site.yaml", "br-p", "br-u",
+                  pid_file="/run/sms-services/sms.pid").save()
+    found: list[str] = []
+    monkeypatch.setattr("sms_services.apptainer.Apptainer.find", classmethod(lambda cls: found.append("ran")))
+    rc = cli.main(["--root", str(ROOT), "cutover", "--name", "sms", "--to", "3.6"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "was started with --pid-file (by its unit sms-services-sms.service)" in err, err
+    assert "systemctl stop sms-services-sms.service" in err and "Traceback" not in err
