@@ -33,7 +33,7 @@ from pathlib import Path
 
 from sms_services.errors import UserError
 from sms_services.image.accounts import owner_of
-from sms_services.lab.cluster import Lab, _run
+from sms_services.lab.cluster import Lab
 from sms_services.probes.system import SUPERVISORCTL
 
 # ROOT's folders bound into each daemon's container (image path -> owner account, mode);
@@ -41,6 +41,13 @@ from sms_services.probes.system import SUPERVISORCTL
 FOLDERS = {"/etc/slurm": ("root", 0o755), "/etc/munge": ("munge", 0o700), "/var/log/slurm": ("slurm", 0o755),
            "/var/lib/munge": ("munge", 0o700), "/var/log/munge": ("munge", 0o700), "/run/munge": ("munge", 0o755)}
 SOCKET = "run/munge/munge.socket.2"
+
+
+def _ip(*args: str) -> str:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise UserError(f"lab: 'ip {' '.join(args)}' failed: {(proc.stderr or proc.stdout).strip()[:300]}")
+    return proc.stdout
 
 
 @dataclass
@@ -109,15 +116,14 @@ class Monolith:
         It announces the address when its link comes up (arp_notify), as a booting server does,
         so the nodes' neighbour caches forget the address's previous holder."""
         ip, prefix, bridge, veth = self.lab.sms_ip, self.lab.prefix, f"{self.lab.name}-p", f"{self.lab.name}o0"
-        if self.ns not in _run(["ip", "netns", "list"]).stdout.split():
-            _run(["ip", "netns", "add", self.ns])
-            _run(["ip", "netns", "exec", self.ns, "sysctl", "-qw", "net.ipv4.conf.default.arp_notify=1"])
-            _run(["ip", "-n", self.lab.name, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns",
-                  self.ns])
-            _run(["ip", "-n", self.lab.name, "link", "set", veth, "master", bridge, "up"])
-            _run(["ip", "-n", self.ns, "link", "set", "lo", "up"])
-        _run(["ip", "-n", self.ns, "addr", "add", f"{ip}/{prefix}", "dev", "eth0"])
-        _run(["ip", "-n", self.ns, "link", "set", "eth0", "up"])
+        if self.ns not in _ip("netns", "list").split():
+            _ip("netns", "add", self.ns)
+            _ip("netns", "exec", self.ns, "sysctl", "-qw", "net.ipv4.conf.default.arp_notify=1")
+            _ip("-n", self.lab.name, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
+            _ip("-n", self.lab.name, "link", "set", veth, "master", bridge, "up")
+            _ip("-n", self.ns, "link", "set", "lo", "up")
+        _ip("-n", self.ns, "addr", "add", f"{ip}/{prefix}", "dev", "eth0")
+        _ip("-n", self.ns, "link", "set", "eth0", "up")
 
     def _binds(self) -> list[str]:
         out = ["--bind", f"{self.lab.work}/hosts:/etc/hosts", "--bind", f"{self.lab.work}/resolv.conf:/etc/resolv.conf"]
@@ -138,7 +144,7 @@ class Monolith:
                                 cwd="/", env=dict(os.environ, APPTAINER_CONFIG_FILE=str(self.lab.work / "apptainer.conf")))
         log.close()
         self._procs[name] = proc
-        self.lab._procs.append(proc)  # killed by the lab's teardown whatever happens
+        self.lab.track(proc)  # ended by the lab's teardown whatever happens
 
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -170,8 +176,10 @@ class Monolith:
 
     def release_address(self) -> None:
         """The old SMS gives its address up (for SMS-services to take)."""
-        _run(["ip", "-n", self.ns, "addr", "flush", "dev", "eth0"])
-        _run(["ip", "-n", self.ns, "link", "set", "eth0", "down"])
+        if self.ns not in _ip("netns", "list").split():
+            return  # never came up
+        _ip("-n", self.ns, "addr", "flush", "dev", "eth0")
+        _ip("-n", self.ns, "link", "set", "eth0", "down")
 
     def has_state(self) -> bool:
         return (self.root / self.state.lstrip("/") / "job_state").is_file()
