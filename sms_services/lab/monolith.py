@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sms_services.errors import UserError
-from sms_services.image.accounts import owner_of
+from sms_services.image.accounts import ids, owner_of
 from sms_services.lab.cluster import Lab
 from sms_services.probes.system import SUPERVISORCTL
 
@@ -48,6 +48,24 @@ def _ip(*args: str) -> str:
     if proc.returncode != 0:
         raise UserError(f"lab: 'ip {' '.join(args)}' failed: {(proc.stderr or proc.stdout).strip()[:300]}")
     return proc.stdout
+
+
+def renumber(passwd: str, group: str, name: str) -> tuple[str, str]:
+    """``name``'s user and group given the highest free id below 1000, as EL's useradd -r does."""
+    taken = set(ids(passwd).values()) | set(ids(group).values())
+    new = max(n for n in range(100, 1000) if n not in taken)
+
+    def fix(text: str, fields: tuple[int, ...]) -> str:
+        lines = []
+        for line in text.splitlines():
+            parts = line.split(":")
+            if parts[0] == name:
+                for i in fields:
+                    parts[i] = str(new)
+            lines.append(":".join(parts))
+        return "\n".join(lines) + "\n"
+
+    return fix(passwd, (2, 3)), fix(group, (2,))
 
 
 @dataclass
@@ -71,9 +89,16 @@ class Monolith:
     # --- its files ----------------------------------------------------------------------
     def lay_out(self, slurm_files: dict[str, str], users: list[str]) -> None:
         """ROOT as the old SMS has it: ``slurm_files`` (name -> text) in etc/slurm, the
-        cluster's munge key (the nodes hold it), accounts (the image's, whose daemons it
-        runs, plus the cluster's ``users``), an empty StateSaveLocation."""
-        passwd, group, shadow = self.lab.passwd, self.lab.group, self.lab.shadow
+        cluster's munge key (the nodes hold it), its accounts, an empty StateSaveLocation.
+
+        Its accounts are the image's (whose daemons it runs) plus the cluster's ``users``,
+        with munge numbered as an EL host numbers it (a dynamic system id, not Debian's):
+        the daemons run under ROOT's own passwd and group, and the import must move the
+        key to the image's munge by name. slurm keeps its number: SlurmUser must have one
+        number on the controller and every node (slurmd refuses its RPCs otherwise), 202
+        in OpenHPC and in these images."""
+        passwd, group = renumber(self.lab.passwd, self.lab.group, "munge")
+        shadow = self.lab.shadow
         names = [u.split(":")[0] for u in users]
         etc = self.root / "etc"
         for path, (owner, mode) in {**FOLDERS, self.state: ("slurm", 0o755)}.items():
@@ -127,6 +152,8 @@ class Monolith:
 
     def _binds(self) -> list[str]:
         out = ["--bind", f"{self.lab.work}/hosts:/etc/hosts", "--bind", f"{self.lab.work}/resolv.conf:/etc/resolv.conf"]
+        for name in ("passwd", "group"):  # its own accounts, not the image's
+            out += ["--bind", f"{self.root}/etc/{name}:/etc/{name}"]
         for path in [*FOLDERS, self.state]:
             out += ["--bind", f"{self.root / path.lstrip('/')}:{path}"]
         return out

@@ -281,6 +281,10 @@ def test_migration_from_a_monolithic_sms_keeps_its_jobs_config_and_history(
             for job in done:
                 out = on_c2(lab, "scontrol", "-o", "show", "job", job)
                 assert "JobState=COMPLETED" in out and "ExitCode=0:0" in out, out
+            # Owners moved by name: the key from the old SMS's munge (an EL number) to the image's.
+            assert (old_sms.root / "etc/munge/munge.key").stat().st_uid != owner_of(lab.passwd, "munge")[0]
+            rc, out, err = lab.on_sms(["stat", "-c", "%U %a", "/etc/munge/munge.key", "/var/spool/slurmctld/job_state"])
+            assert out.split("\n")[:2] == ["munge 400", "slurm 600"], (out, err)
             # The old SMS's own configuration is what the nodes are served.
             assert "big c1 fast" in on_c2(lab, "sinfo", "-h", "-N", "-o", "%P %N %f")
             assert "AvailableFeatures=fast" in on_c2(lab, "scontrol", "show", "node", "c1")
