@@ -192,8 +192,11 @@ def monolith_conf(lab: Lab) -> str:
     conf = rendered.replace("NodeName=c1 NodeAddr=198.18.0.11 CPUs=1 RealMemory=1000",
                             "NodeName=c1 NodeAddr=198.18.0.11 CPUs=1 RealMemory=1000 Feature=fast")
     assert conf != rendered
-    return "# slurm.conf of the cluster's monolithic SMS (tuned by hand over the years)\n" + conf \
-        + "Include partitions.conf\n"
+    return ("# slurm.conf of the cluster's monolithic SMS (tuned by hand over the years)\n" + conf
+            # Some of OpenHPC's own defaults (slurm.conf.ohpc), for the image's Slurm to take.
+            + "PropagateResourceLimitsExcept=MEMLOCK\nLaunchParameters=use_interactive_step\n"
+            + "JobCompType=jobcomp/filetxt\nJobCompLoc=/var/log/slurm/jobcomp.log\n"
+            + "Include partitions.conf\n")
 
 
 @pytest.fixture(scope="module")
