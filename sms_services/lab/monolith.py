@@ -28,11 +28,13 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sms_services.errors import UserError
 from sms_services.image.accounts import ids, owner_of
+from sms_services.inputs.slurmconf import settings
 from sms_services.lab.cluster import Lab
 from sms_services.probes.system import SUPERVISORCTL
 
@@ -74,7 +76,7 @@ class Monolith:
 
     lab: Lab
     root: Path
-    state: str = "/var/spool/slurmctld"  # its StateSaveLocation
+    state: str = "/var/spool/slurmctld"  # its StateSaveLocation (lay_out reads it from its slurm.conf)
     suffix: str = "old"  # namespace <lab>-old; veth <lab>o0 (SMS-mgmt's is <lab>m0)
     _procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -97,6 +99,7 @@ class Monolith:
         key to the image's munge by name. slurm keeps its number: SlurmUser must have one
         number on the controller and every node (slurmd refuses its RPCs otherwise), 202
         in OpenHPC and in these images."""
+        self.state = settings(slurm_files["slurm.conf"]).get("statesavelocation", self.state)
         passwd, group = renumber(self.lab.passwd, self.lab.group, "munge")
         shadow = self.lab.shadow
         names = [u.split(":")[0] for u in users]
@@ -173,7 +176,7 @@ class Monolith:
         self._procs[name] = proc
         self.lab.track(proc)  # ended by the lab's teardown whatever happens
 
-    def _wait(self, ready, timeout: float, what: str) -> None:
+    def _wait(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             for name, proc in self._procs.items():

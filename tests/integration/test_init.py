@@ -301,6 +301,7 @@ def test_migration_from_a_monolithic_sms_keeps_its_jobs_config_and_history(
         finally:
             for name in reversed(old_sms.running()):
                 old_sms.stop(name)
+            old_sms.release_address()
             if lab.sms_pids():
                 stop(lab, project, admin)
 
