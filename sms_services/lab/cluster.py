@@ -189,6 +189,10 @@ class Lab(SmsTarget):
         _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
         return ns
 
+    def track(self, proc: subprocess.Popen) -> None:
+        """A process of the lab's (started in a session of its own): the teardown ends its group."""
+        self._procs.append(proc)
+
     def _spawn(self, ns: str, args: list[str], log: str) -> subprocess.Popen:
         fh = open(self.work / log, "w")
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, *args], stdout=fh,
