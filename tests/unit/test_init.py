@@ -442,3 +442,16 @@ def test_slurm_metrics_with_an_own_slurm_conf_needs_its_metrics_type(project: Pr
     (site.parent / "slurm.conf").write_text(own_conf(MetricsType="metrics/openmetrics"))
     make(project, tmp_path, site_path=site, image=with_slurm(facts("3.6"), "26.05.1"))
     assert left_in(tmp_path, "site") == ["sms.img"]
+
+
+def test_from_sms_says_when_the_nodes_must_learn_the_images_slurm_uid(project: Project, tmp_path: Path) -> None:
+    root = old_sms(tmp_path, conf=own_conf(StateSaveLocation="/var/spool/slurm/ctld", SlurmUser="slurm"))
+    passwd = root / "etc/passwd"
+    said: list[str] = []
+    make(project, tmp_path, image=image_35(), new_key=False, from_sms=root, dry_run=True, say=said.append)
+    assert not any("SlurmUser" in s for s in said), said  # the same number: nothing to say
+    passwd.write_text(re.sub(r"^slurm:x:\d+:", "slurm:x:990:", passwd.read_text(), flags=re.M))
+    make(project, tmp_path, image=image_35(), new_key=False, from_sms=root, dry_run=True, say=said.append)
+    me = os.geteuid()
+    assert f"change: SlurmUser slurm is uid 990 on the old SMS, {me} in the image: the nodes must know slurm " \
+           f"as {me} before the move (the passwd SMS-mgmt serves them), or slurmd refuses the new controller" in said
