@@ -184,7 +184,6 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     from sms_services.runtime.pin import checked
     from sms_services.runtime.units import unit_name
 
-    project, apptainer = project_of(args), Apptainer.find()
     record = Record.load(args.name)
     if record.pid_file:
         # A unit follows the pid file only while its main process lives; the cutover stops that
@@ -194,6 +193,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
                         f"cut over with the unit stopped: systemctl stop {unit_name(args.name)}; smsctl start "
                         f"--name {args.name}; smsctl cutover ...; smsctl stop --name {args.name}; systemctl start "
                         f"{unit_name(args.name)}")
+    project, apptainer = project_of(args), Apptainer.find()
     old_name = Path(record.source or record.sif).name
     new_sif = sif_of(args, args.to).resolve()
     with Deployment(project, apptainer, record, jobs=args.jobs) as dep:
@@ -204,9 +204,11 @@ def cmd_cutover(args: argparse.Namespace) -> int:
         # Checked now, started after the old instance stopped: so a private copy, not the path.
         with checked(apptainer, new_sif, trust_of(args), images_dir(), warn=say) as copy:
             dep.sources[copy.path] = str(new_sif)
-            report = cutover(dep, project, copy.path, trust=trust_of(args), deadline=args.deadline,
-                             node_slurmd=dep.slurmd_versions(), signer=copy.signer, say=say)
-            copy.keep = record.sif == str(copy.path)  # refused or rolled back: nothing runs it
+            try:
+                report = cutover(dep, project, copy.path, trust=trust_of(args), deadline=args.deadline,
+                                 node_slurmd=dep.slurmd_versions(), signer=copy.signer, say=say)
+            finally:  # also when interrupted: once the record names the copy, the boot unit needs it
+                copy.keep = record.sif == str(copy.path)  # refused or rolled back: nothing runs it
         if report.ok:
             record.signer = report.signer
             record.save()

@@ -39,7 +39,12 @@ def _cache_lock(folder: Path | None, say: Callable[[str], None]) -> Iterator[Non
     if folder is None:
         yield
         return
-    fd = os.open(folder / ".sms-services.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    lock = folder / ".sms-services.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise UserError(f"{lock}: cannot open the apt cache's lock ({err.strerror}); remove it "
+                        "(no build may be running) and build again") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -175,6 +180,10 @@ class Builder:
             self.say(f"layer {name}: building ({variant.base.name})")
             t = time.monotonic()
             with _cache_lock(Path(b[0].split(":")[0]) if b else None, self.say):
+                if sif.exists():  # the build we waited for made this very layer
+                    result.layers[name] = "cached"
+                    self.say(f"layer {name}: cached ({sif.name}, built meanwhile)")
+                    continue
                 self._build_one(text, sif, log, binds=b, what=f"release {variant.name} layer {name}")
             result.layers[name] = "built"
             self.say(f"layer {name}: built in {time.monotonic() - t:.0f} s")

@@ -79,19 +79,25 @@ def problems(files: dict[str, str], *, hostname: str, address: str, state: list[
     if not any(PurePosixPath(where).is_relative_to(s) for s in state):
         found.append(f"slurm.conf: StateSaveLocation={where} is outside the state paths the image keeps "
                      f"in the overlay ({', '.join(state)})")
-    mtype = keys.get("metricstype", "")
+    # Metrics settings may sit in an included file as well.
+    every = dict(keys)
+    for path in includes(conf):
+        for key, value in settings(files.get(path, "")).items():
+            every.setdefault(key, value)
+    mtype = every.get("metricstype", "")
     if metrics and mtype != "metrics/openmetrics":
         found.append("slurm.conf: slurm_metrics is on but MetricsType is "
                      f"{mtype or '(unset)'}; add MetricsType=metrics/openmetrics or turn slurm_metrics off")
-    if mtype and slurm and not serves_metrics(slurm):
-        found.append(f"slurm.conf: MetricsType={mtype} needs Slurm 25.11 or later, the image's is {slurm}; "
+    if mtype and not serves_metrics(slurm):
+        found.append(f"slurm.conf: MetricsType={mtype} needs Slurm 25.11 or later, the image's is "
+                     f"{slurm or 'unknown (no sms-services.slurm.installed label)'}; "
                      "turn slurm_metrics off or use a release whose Slurm is newer")
     # Slurm 25.11 serves no metrics while PrivateData is set; later ones can be told to
     # (MetricsParameters=ignore_private_data) or to ask for a token (MetricsAuthUsers).
-    private_ok = ("ignore_private_data" in keys.get("metricsparameters", "").split(",")
-                  or bool(keys.get("metricsauthusers")))
-    if mtype and keys.get("privatedata") and not private_ok:
-        found.append(f"slurm.conf: MetricsType={mtype} with PrivateData={keys['privatedata']}: Slurm serves "
+    private_ok = ("ignore_private_data" in every.get("metricsparameters", "").split(",")
+                  or bool(every.get("metricsauthusers")))
+    if mtype and every.get("privatedata") and not private_ok:
+        found.append(f"slurm.conf: MetricsType={mtype} with PrivateData={every['privatedata']}: Slurm serves "
                      "no metrics while PrivateData is set; drop one of them (or, Slurm 26.05 and later, "
                      "add MetricsParameters=ignore_private_data)")
     for path in includes(conf):

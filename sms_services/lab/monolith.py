@@ -195,13 +195,15 @@ class Monolith:
     def stop(self, name: str, timeout: float = 30) -> float:
         """``systemctl stop NAME``: SIGTERM (slurmctld saves its state, then exits); the
         monotonic time it was gone."""
-        proc = self._procs.pop(name)
+        proc = self._procs[name]
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # Apptainer's starter forwards it to the daemon
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            # Still listed: running() must go on naming it (the lab's teardown kills it).
             raise UserError(f"lab: the old SMS's {name} did not stop within {timeout:.0f} s") from None
+        del self._procs[name]
         return time.monotonic()
 
     def release_address(self) -> None:

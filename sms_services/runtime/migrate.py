@@ -173,10 +173,12 @@ def plan_import(root: Path, *, site: Site, state_paths: list[str], image: Accoun
     clashes = sorted({line.split(":")[0] for text in users[:2] for line in text.splitlines()} & taken)
     if clashes:
         plan.changes.append(f"not imported, the image has accounts of these names: {', '.join(clashes)}")
-    # slurmd takes a controller's messages only from SlurmUser's number as the node knows it.
-    slurm_user = keys.get("slurmuser", "root")
+    # slurmd takes a controller's messages only from SlurmUser's number as the node knows it
+    # (the old SMS's passwd is what the nodes were given). The new controller runs as the kept
+    # slurm.conf's SlurmUser (Slurm's default: root), or as the rendered one's (slurm).
+    slurm_user = keys.get("slurmuser", "root") if keep_slurm_conf else "slurm"
     was, now = ids(old[0]).get(slurm_user), ids(image[0]).get(slurm_user)
-    if slurm_user != "root" and was is not None and now is not None and was != now:
+    if was is not None and now is not None and was != now:
         plan.changes.append(f"SlurmUser {slurm_user} is uid {was} on the old SMS, {now} in the image: the nodes "
                             f"must know {slurm_user} as {now} before the move (the passwd SMS-mgmt serves them), "
                             "or slurmd refuses the new controller")

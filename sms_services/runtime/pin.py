@@ -168,16 +168,13 @@ class Checked:
 @contextmanager
 def checked(apptainer: Apptainer, sif: Path, trust: Trust, folder: Path,
             warn: Callable[[str], None] = lambda s: None) -> Iterator[Checked]:
-    """:func:`checked_copy` for one command: the copy this call made goes again when the
-    block fails or ends without ``keep`` (a copy made earlier is never removed: a record
-    may name it)."""
+    """:func:`checked_copy` for one command: the copy this call made goes again unless the
+    block set ``keep`` (however it ended: a cutover interrupted after the record named the
+    copy must keep it). A copy made earlier is never removed: a record may name it."""
     copy, signer, made = checked_copy(apptainer, sif, trust, folder, warn)
     found = Checked(copy, signer)
     try:
         yield found
-    except BaseException:
-        found.keep = False
-        raise
     finally:
         if made and not found.keep:
             unpin(copy, folder)

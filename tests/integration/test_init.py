@@ -13,6 +13,7 @@ with one thing wrong each. One lab for the whole module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -298,12 +299,12 @@ def test_migration_from_a_monolithic_sms_keeps_its_jobs_config_and_history(
             assert finished_ok(lab, out.strip(), "big") == ""
             outcome = probe_services(lab, ready_timeout=90)
             assert outcome.ok, outcome.failed
-        finally:
-            for name in reversed(old_sms.running()):
-                old_sms.stop(name)
-            old_sms.release_address()
-            if lab.sms_pids():
-                stop(lab, project, admin)
+        finally:  # each step on its own: a cleanup that fails must not hide the test's failure
+            steps = [*(lambda n=name: old_sms.stop(n) for name in reversed(old_sms.running())),
+                     old_sms.release_address, lambda: lab.sms_pids() and stop(lab, project, admin)]
+            for step in steps:
+                with contextlib.suppress(Exception):  # the lab's teardown kills what is left
+                    step()
 
 
 @pytest.fixture(scope="module")

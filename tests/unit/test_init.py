@@ -445,13 +445,22 @@ def test_slurm_metrics_with_an_own_slurm_conf_needs_its_metrics_type(project: Pr
 
 
 def test_from_sms_says_when_the_nodes_must_learn_the_images_slurm_uid(project: Project, tmp_path: Path) -> None:
-    root = old_sms(tmp_path, conf=own_conf(StateSaveLocation="/var/spool/slurm/ctld", SlurmUser="slurm"))
+    root = old_sms(tmp_path, conf=own_conf(StateSaveLocation="/var/spool/slurm/ctld", SlurmUser="root"))
     passwd = root / "etc/passwd"
     said: list[str] = []
     make(project, tmp_path, image=image_35(), new_key=False, from_sms=root, dry_run=True, say=said.append)
     assert not any("SlurmUser" in s for s in said), said  # the same number: nothing to say
     passwd.write_text(re.sub(r"^slurm:x:\d+:", "slurm:x:990:", passwd.read_text(), flags=re.M))
+    # Rendered, the new controller runs as slurm, whatever the old one ran as.
     make(project, tmp_path, image=image_35(), new_key=False, from_sms=root, dry_run=True, say=said.append)
     me = os.geteuid()
     assert f"change: SlurmUser slurm is uid 990 on the old SMS, {me} in the image: the nodes must know slurm " \
            f"as {me} before the move (the passwd SMS-mgmt serves them), or slurmd refuses the new controller" in said
+
+
+def test_metrics_settings_in_an_included_file_count_too() -> None:
+    files = {"/etc/slurm/slurm.conf": own_conf(MetricsType="metrics/openmetrics"),
+             "/etc/slurm/nodes.conf": "PrivateData=jobs\nNodeName=c[1-2]\n"}
+    args = dict(hostname="sms-services", address="198.18.0.2", state=["/var/spool/slurmctld"], metrics=True)
+    assert any("with PrivateData=jobs" in p for p in problems(files, **args, slurm="26.05.5"))  # type: ignore[arg-type]
+    assert any("the image's is unknown" in p for p in problems(files, **args))  # type: ignore[arg-type]

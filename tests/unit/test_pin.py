@@ -69,9 +69,14 @@ def test_a_checked_copy_stays_only_when_the_command_keeps_it(tmp_path: Path) -> 
         assert copy.path.read_bytes() == sif.read_bytes()
     assert list(folder.iterdir()) == []
     with pytest.raises(RuntimeError), checked(app, sif, Trust([pub]), folder) as copy:  # type: ignore[arg-type]
-        copy.keep = True
-        raise RuntimeError("the start failed after all")
+        raise RuntimeError("the start failed")
     assert list(folder.iterdir()) == []
+    with pytest.raises(KeyboardInterrupt), checked(app, sif, Trust([pub]), folder) as copy:  # type: ignore[arg-type]
+        copy.keep = True  # a cutover's record names it by now
+        raise KeyboardInterrupt
+    assert list(folder.iterdir()) == [copy.path]
+    copy.path.chmod(0o644)
+    copy.path.unlink()
     with checked(app, sif, Trust([pub]), folder) as copy:  # type: ignore[arg-type]
         copy.keep = True
     assert list(folder.iterdir()) == [copy.path]
@@ -181,3 +186,4 @@ def test_a_cutover_of_an_instance_its_unit_started_is_refused_before_anything(
     err = capsys.readouterr().err
     assert rc != 0 and "was started with --pid-file (by its unit sms-services-sms.service)" in err, err
     assert "systemctl stop sms-services-sms.service" in err and "Traceback" not in err
+    assert found == []  # refused before it looked for Apptainer
