@@ -55,3 +55,52 @@ def test_each_farm_node_gets_its_own_spool_and_run_folder() -> None:
     # slurmd kills the process its pid file names: a shared /run would let node 2 end node 1.
     assert "farm-run /run" in FARM_SH and "farm-spool /var/spool/slurmd" in FARM_SH
     assert 'nsenter --net="/farm/netns/$lab-$name" unshare -m' in FARM_SH
+
+
+def test_rehearse_job_nodes_must_be_a_positive_number() -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "sms_services.cli.main", "rehearse", "--to", "3.5", "--from", "3.5",
+                        "--overlay", "/nonexistent", "--job-nodes", "0"], capture_output=True, text=True, cwd=ROOT,
+                       env={"PATH": "/usr/bin:/bin", "SMS_ROOT": str(ROOT), "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 2 and "--job-nodes: '0': give a whole number of at least 1" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_the_rehearsal_report_names_full_and_simulated_nodes() -> None:
+    from sms_services.lab.rehearse import Rehearsal
+
+    r = Rehearsal("old.sif", "new.sif", "live.img", instance_nodes=["c1", "c2"], farm_nodes=["f001"])
+    assert r.to_dict()["farm_nodes"] == ["f001"] and r.to_dict()["instance_nodes"] == ["c1", "c2"]
+
+
+def test_loadgen_refuses_bad_arguments_in_one_line() -> None:
+    from sms_services.lab import loadgen
+
+    assert loadgen.main(["flood", "198.18.0.2", "1", "1", "x"]) == 2
+    assert loadgen.main(["ntp"]) == 2
+
+
+def test_percentiles_and_the_load_table() -> None:
+    import importlib.util
+
+    from rich.console import Console
+
+    from sms_services.lab.load import pct
+
+    assert pct([], 50) is None
+    assert pct([float(i) for i in range(1, 101)], 50) == 51.0 and pct([1.0, 9.0], 99) == 9.0
+    spec = importlib.util.spec_from_file_location("loadtool", ROOT / "tools/load.py")
+    assert spec and spec.loader
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    result = {"release": "3.5", "nodes": 450, "job_nodes": 2, "jobs": 10,
+              "lab": {"start_to_all_idle_s": 40, "farm": {"pss_per_node_mib": 2.5, "rss_per_node_mib": 10}},
+              "cutover_empty_queue": {"gap_median_s": 1.0, "gap_max_s": 2.0, "jobs_lost": 0},
+              "syslog": {"udp": {"senders": 448, "sent": 10, "per_s": 5.0, "received_per_s": 4.0, "lost": 1,
+                                 "loss_pct": 10.0}}}
+    console = Console(record=True, width=200)
+    console.print(tool.table(result))
+    text = console.export_text()
+    assert "1.0 / 2.0 s, 0" in text and "1 of 10 lost (10.0 %)" in text
