@@ -49,6 +49,11 @@ def table(r: dict) -> Table:
                  ("completed per second (peak)", f"{tp['completed_per_s_peak']}"),
                  ("scontrol ping p50 / p99", f"{tp['scontrol_ping_ms']['p50']} / {tp['scontrol_ping_ms']['p99']} ms"),
                  ("squeue p50 / p99", f"{tp['squeue_ms']['p50']} / {tp['squeue_ms']['p99']} ms")]
+    o = r.get("overhead", {})
+    if "ratio_completed" in o:
+        rows.append((f"container / host networking, {o['jobs']} jobs (completed/s, submitted/s)",
+                     f"{o['ratio_completed']} ({o['container']['completed_per_s']} / {o['host']['completed_per_s']}), "
+                     f"{o['ratio_submit']}"))
     m = r.get("munge")
     if m:
         rows.append(("munge encode / encode+decode", f"{m.get('encode_per_s')} / {m.get('encode_decode_per_s')} /s"))
@@ -76,6 +81,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10, help="length of each syslog/NTP load")
     ap.add_argument("--sif", type=Path, help="an SMS-services SIF (default: the release's, built if stale)")
     ap.add_argument("--syslog-messages", type=int, default=200_000, help="messages per syslog load (all senders)")
+    ap.add_argument("--overhead-jobs", type=int, default=2000,
+                    help="jobs per side of the container-vs-host-networking comparison (0: skip it)")
     ap.add_argument("--out", type=Path, default=Path("results/load.json"))
     args = ap.parse_args()
     # 10,000 queued jobs are 10,000 saved scripts in the overlay, and logs grow under load.
@@ -94,7 +101,8 @@ def main() -> int:
         release = args.release or project.matrix.default
         result = load.run_load(project, Apptainer.find(), release, nodes=args.nodes, jobs=args.jobs,
                                job_nodes=args.job_nodes, cutovers=args.cutovers, sif=args.sif,
-                               seconds=args.seconds, syslog_messages=args.syslog_messages, say=say)
+                               seconds=args.seconds, syslog_messages=args.syslog_messages,
+                               overhead_jobs=args.overhead_jobs, say=say)
     except UserError as err:
         console.print(f"load: {err}", highlight=False)
         return err.exit_code

@@ -108,6 +108,7 @@ class Lab(SmsTarget):
     job_nodes: int | None = None
     farm: Farm | None = None
     munge_threads: int = 4  # the farm's munged (one for every farm node)
+    _bridge_mac: str = ""  # the provisioning bridge's own MAC while SMS-services uses host networking
 
     # --- addresses the lab adds to the site's ------------------------------------
     @property
@@ -322,6 +323,29 @@ class Lab(SmsTarget):
         self.sms_sif, self.host = sif.resolve(), host
         self.sms_started_at = time.monotonic()
         return round(self.sms_started_at - t, 2)
+
+    def start_sms_host_network(self, sif: Path) -> float:
+        """SMS-services without its own network namespace: its daemons in the lab's namespace,
+        on the provisioning bridge itself (which takes SMS-services' address), as an image run
+        with host networking would. For the load bench's container-overhead comparison; the
+        public side is left out. ``stop_sms`` stops it; ``end_host_network`` gives the address back."""
+        assert self.sms_overlay is not None
+        bridge = f"{self.name}-p"
+        # The bridge answers with SMS-services' own MAC, so no node's ARP entry goes stale.
+        self._bridge_mac = _run(["ip", "-n", self.name, "-br", "link", "show", bridge]).stdout.split()[2]
+        _run(["ip", "-n", self.name, "link", "set", bridge, "address", mac_for(self.sms_ip)])
+        _run(["ip", "-n", self.name, "addr", "add", f"{self.sms_ip}/{self.prefix}", "dev", bridge])
+        t = time.monotonic()
+        self._start_instance(sif.resolve(), self.sms_instance, str(self.site.values["sms_hostname"]),
+                             self.sms_overlay, caps_of(self.sms_fragments), [], [])
+        self.sms_started_at = time.monotonic()
+        return round(self.sms_started_at - t, 2)
+
+    def end_host_network(self) -> None:
+        bridge = f"{self.name}-p"
+        _run(["ip", "-n", self.name, "addr", "del", f"{self.sms_ip}/{self.prefix}", "dev", bridge], check=False)
+        if self._bridge_mac:
+            _run(["ip", "-n", self.name, "link", "set", bridge, "address", self._bridge_mac], check=False)
 
     def add_host(self, suffix: str = "b") -> str:
         """A second infrastructure host: a namespace with its own bridges, cabled to the

@@ -10,7 +10,9 @@ What it measures, in this order (each phase reports what it saw; nothing is asse
 * ``jobs`` trivial batch jobs submitted held (the submit rate slurmctld accepts),
   then the cutover gap with all of them pending, and whether every one was kept;
 * the same jobs released: started and completed per second, and ``scontrol ping``
-  and ``squeue`` latency (p50, p99) from a compute node while they run.
+  and ``squeue`` latency (p50, p99) from a compute node while they run;
+* container overhead: ``overhead_jobs`` jobs with SMS-services as it runs (its own network
+  namespace on CNI bridges), then the same with host networking: the ratio.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sms_services.apptainer import Apptainer
+from sms_services.errors import UserError
 from sms_services.inputs.project import Project
 from sms_services.lab.cluster import Lab
-from sms_services.lab.scale import job_states, scale_lab, submit_jobs
+from sms_services.lab.scale import job_states, scale_lab, submit_jobs, wait_nodes
 from sms_services.runtime.cutover import cutover
 from sms_services.trust.signing import Trust
 
@@ -70,19 +73,39 @@ def _cutovers(lab: Lab, project: Project, count: int, say: Say, label: str) -> d
             "gap_max_s": max(gaps) if gaps else None, "jobs_lost": lost_total}
 
 
-def _munge(lab: Lab, say: Say, seconds: int = 10) -> dict:
-    """``remunge`` (munge's own benchmark) inside SMS-services: encode, and encode+decode."""
+# A second munged beside the running one, with SchedMD's high-throughput thread count, on
+# its own socket: the before/after of ``--num-threads`` in one run, on the same key.
+TUNED_MUNGED = ("setpriv --reuid=munge --regid=munge --init-groups munged --num-threads {threads} "
+                "-S /run/munge/bench.socket --pid-file /run/munge/bench.pid --seed-file /var/lib/munge/bench.seed "
+                "--log-file /var/log/munge/bench.log")
+
+
+def _remunge(lab: Lab, seconds: int, args: list[str]) -> float | None:
+    rc, stdout, err = lab.on_sms(["remunge", "-q", "-T", "4", "-D", str(seconds), *args], timeout=seconds + 60)
+    try:
+        return float(stdout.strip().split()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _munge(lab: Lab, say: Say, seconds: int = 10, threads: int = 10) -> dict:
+    """``remunge`` (munge's own benchmark, 4 client threads) inside SMS-services: encode, and
+    encode+decode, against the running munged (2 threads, munge's default) and one with ``threads``."""
     out: dict = {}
     for what, args in (("encode", ["-e"]), ("encode_decode", ["-d"])):
-        rc, stdout, err = lab.on_sms(["remunge", "-q", "-T", "4", "-D", str(seconds), *args],
-                                     timeout=seconds + 60)
-        try:
-            rate: float | None = float(stdout.strip().split()[-1])
-        except (ValueError, IndexError):
-            rate = None
-            say(f"munge {what}: remunge said {(stdout + err).strip()[-200:]}")
-        out[f"{what}_per_s"] = rate
-        say(f"munge {what}: {rate} credentials/s")
+        out[f"{what}_per_s"] = _remunge(lab, seconds, args)
+        say(f"munge {what}: {out[f'{what}_per_s']} credentials/s")
+    rc, _, err = lab.on_sms(["sh", "-c", TUNED_MUNGED.format(threads=threads)])
+    if rc != 0:
+        say(f"munge with {threads} threads did not start: {err.strip()[-200:]}")
+        return out
+    try:
+        for what, args in (("encode", ["-e"]), ("encode_decode", ["-d"])):
+            key = f"{what}_per_s_{threads}_threads"
+            out[key] = _remunge(lab, seconds, [*args, "-S", "/run/munge/bench.socket"])
+            say(f"munge {what}, munged with {threads} threads: {out[key]} credentials/s")
+    finally:
+        lab.on_sms(["sh", "-c", "kill $(cat /run/munge/bench.pid)"])
     return out
 
 
@@ -182,9 +205,35 @@ def _throughput(lab: Lab, ids: list[str], timeout: float, say: Say) -> dict:
             "squeue_ms": {"p50": pct(squeues, 50), "p99": pct(squeues, 99), "samples": len(squeues)}}
 
 
+def _overhead(lab: Lab, count: int, nodes: int, say: Say) -> dict:
+    """The same ``count`` held-then-released jobs, with SMS-services in its own network namespace
+    on CNI bridges (as it runs), then with host networking (its daemons on the bridge itself)."""
+    out: dict = {"jobs": count}
+    for mode in ("container", "host"):
+        if mode == "host":
+            lab.stop_sms()
+            lab.start_sms_host_network(lab.sms_sif)
+            wait_nodes(lab, nodes, 300, say=say)
+        try:
+            ids, submit_s = submit_jobs(lab, count, hold=True)
+            tp = _throughput(lab, ids, timeout=max(900, count), say=say)
+            out[mode] = {"submit_per_s": round(count / submit_s, 1), **tp}
+            say(f"{mode} networking: {out[mode]['submit_per_s']} submitted/s, {tp['completed_per_s']} completed/s")
+        finally:
+            if mode == "host":
+                lab.stop_sms()
+                lab.end_host_network()
+                lab.start_sms(lab.sms_sif)
+    c, h = out["container"], out["host"]
+    out["ratio_completed"] = round(c["completed_per_s"] / h["completed_per_s"], 3) if h["completed_per_s"] else None
+    out["ratio_submit"] = round(c["submit_per_s"] / h["submit_per_s"], 3) if h["submit_per_s"] else None
+    say(f"container/host: completed {out['ratio_completed']}, submitted {out['ratio_submit']}")
+    return out
+
+
 def run_load(project: Project, apptainer: Apptainer, release: str, *, nodes: int = 450, jobs: int = 10000,
              job_nodes: int = 2, cutovers: int = 3, sif: Path | None = None, seconds: float = 10,
-             syslog_messages: int = 200_000,
+             syslog_messages: int = 200_000, overhead_jobs: int = 2000,
              say: Say = lambda s: None) -> dict:
     result: dict = {"release": release, "nodes": nodes, "job_nodes": job_nodes, "jobs": jobs,
                     "machine": {"cpus": os.cpu_count(), "mem_available_mib_before": round(mem_available_mib())}}
@@ -215,6 +264,13 @@ def run_load(project: Project, apptainer: Apptainer, release: str, *, nodes: int
         _save_partial(result)
         result["throughput"] = _throughput(lab, ids, timeout=max(1800, jobs), say=say)
         result["lab"]["farm_after"] = lab.farm.memory()
+        _save_partial(result)
+        if overhead_jobs:
+            try:
+                result["overhead"] = _overhead(lab, overhead_jobs, nodes, say)
+            except UserError as err:  # the other numbers stand without this one
+                result["overhead"] = {"error": str(err)}
+                say(f"container overhead not measured: {err}")
     result["lab"]["teardown_s"] = lab.timings.get("teardown_s")
     return result
 
