@@ -54,9 +54,17 @@ def table(r: dict) -> Table:
         rows.append((f"container / host networking, {o['jobs']} jobs (completed/s, submitted/s)",
                      f"{o['ratio_completed']} ({o['container']['completed_per_s']} / {o['host']['completed_per_s']}), "
                      f"{o['ratio_submit']}"))
+    rh = r.get("rehearsal", {})
+    if "go" in rh:
+        rows.append((f"rehearsal, {rh['farm_nodes'] + len(rh['instance_nodes'])} nodes "
+                     f"({len(rh['instance_nodes'])} full)",
+                     f"{'GO' if rh['go'] else 'NO-GO'} in {rh['seconds']} s, {rh['machine_mem_used_mib_peak']} MiB more"))
     m = r.get("munge")
     if m:
         rows.append(("munge encode / encode+decode", f"{m.get('encode_per_s')} / {m.get('encode_decode_per_s')} /s"))
+        if "encode_per_s_10_threads" in m:
+            rows.append(("munge, munged with 10 threads", f"{m.get('encode_per_s_10_threads')} / "
+                                                          f"{m.get('encode_decode_per_s_10_threads')} /s"))
     for proto in ("tcp", "udp"):
         s = r.get("syslog", {}).get(proto, {})
         if "sent" in s:
@@ -83,6 +91,7 @@ def main() -> int:
     ap.add_argument("--syslog-messages", type=int, default=200_000, help="messages per syslog load (all senders)")
     ap.add_argument("--overhead-jobs", type=int, default=2000,
                     help="jobs per side of the container-vs-host-networking comparison (0: skip it)")
+    ap.add_argument("--no-rehearsal", action="store_true", help="skip the N-node rehearsal at the end")
     ap.add_argument("--out", type=Path, default=Path("results/load.json"))
     args = ap.parse_args()
     # 10,000 queued jobs are 10,000 saved scripts in the overlay, and logs grow under load.
@@ -102,7 +111,8 @@ def main() -> int:
         result = load.run_load(project, Apptainer.find(), release, nodes=args.nodes, jobs=args.jobs,
                                job_nodes=args.job_nodes, cutovers=args.cutovers, sif=args.sif,
                                seconds=args.seconds, syslog_messages=args.syslog_messages,
-                               overhead_jobs=args.overhead_jobs, say=say)
+                               overhead_jobs=args.overhead_jobs,
+                               rehearsal=not args.no_rehearsal, say=say)
     except UserError as err:
         console.print(f"load: {err}", highlight=False)
         return err.exit_code

@@ -231,9 +231,38 @@ def _overhead(lab: Lab, count: int, nodes: int, say: Say) -> dict:
     return out
 
 
+def _rehearsal(lab: Lab, project: Project, apptainer: Apptainer, job_nodes: int, say: Say) -> dict:
+    """``rehearse`` of the same image on a copy of this lab's overlay with its N-node site (the
+    nodes simulated by a second node farm): time, memory, and the verdict."""
+    from sms_services.lab.rehearse import rehearse
+
+    mem = mem_available_mib()
+    peak = [0.0]
+
+    def watch(line: str) -> None:
+        peak[0] = max(peak[0], mem - mem_available_mib())
+        say(f"rehearse: {line}")
+
+    assert lab.sms_overlay is not None
+    try:
+        report = rehearse(project, apptainer, lab.sms_sif, lab.sms_overlay, old_sif=lab.sms_sif,
+                          trust=Trust.candidate(), site_path=lab.site.path, name="smsrehload", job_nodes=job_nodes,
+                          say=watch)
+    except UserError as err:
+        return {"error": str(err)}
+    out = {"go": report.go, "reasons": report.reasons, "seconds": report.seconds,
+           "instance_nodes": report.instance_nodes, "farm_nodes": len(report.farm_nodes),
+           "farm_memory": report.memory_mib, "machine_mem_used_mib_peak": round(peak[0]),
+           "gap_s": report.cutover.get("gap_s"), "jobs_before": len(report.jobs_before),
+           "jobs_after": len(report.jobs_after)}
+    say(f"rehearsal with {len(report.farm_nodes) + len(report.instance_nodes)} nodes: "
+        f"{'GO' if report.go else 'NO-GO'} in {report.seconds} s, {round(peak[0])} MiB more in use at most")
+    return out
+
+
 def run_load(project: Project, apptainer: Apptainer, release: str, *, nodes: int = 450, jobs: int = 10000,
              job_nodes: int = 2, cutovers: int = 3, sif: Path | None = None, seconds: float = 10,
-             syslog_messages: int = 200_000, overhead_jobs: int = 2000,
+             syslog_messages: int = 200_000, overhead_jobs: int = 2000, rehearsal: bool = True,
              say: Say = lambda s: None) -> dict:
     result: dict = {"release": release, "nodes": nodes, "job_nodes": job_nodes, "jobs": jobs,
                     "machine": {"cpus": os.cpu_count(), "mem_available_mib_before": round(mem_available_mib())}}
@@ -271,6 +300,9 @@ def run_load(project: Project, apptainer: Apptainer, release: str, *, nodes: int
             except UserError as err:  # the other numbers stand without this one
                 result["overhead"] = {"error": str(err)}
                 say(f"container overhead not measured: {err}")
+        if rehearsal:
+            _save_partial(result)
+            result["rehearsal"] = _rehearsal(lab, project, apptainer, job_nodes, say)
     result["lab"]["teardown_s"] = lab.timings.get("teardown_s")
     return result
 
