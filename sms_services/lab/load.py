@@ -271,7 +271,7 @@ def run_load(project: Project, apptainer: Apptainer, release: str, *, nodes: int
     with scale_lab(project, apptainer, release, nodes, job_nodes=job_nodes, name="smsload", sif=sif,
                    ready_timeout=600, say=say) as lab:
         assert lab.farm is not None
-        result["lab"] = {**lab.timings, "start_to_all_idle_s": round(time.monotonic() - t, 1),
+        result["lab"] = {**lab.timings, "with_image_checks_s": round(time.monotonic() - t, 1),
                          "farm": lab.farm.memory(),
                          "machine_mem_used_mib": round(mem_before - mem_available_mib())}
         say(f"{nodes} nodes idle after {result['lab']['start_to_all_idle_s']} s; farm "
