@@ -122,12 +122,12 @@ def rehearse(project: Project, apptainer: Apptainer, new_sif: Path, overlay: Pat
         with open_lab(project, apptainer, old_release, sif=old_sif, site_path=site_path, name=name, trust=trust,
                       overlay=copy, compute_sif=compute_sif, job_nodes=job_nodes, say=say) as lab:
             report.instance_nodes, report.farm_nodes = list(lab.nodes), lab.farm_node_names
-            if lab.farm is not None:
+            report.jobs_before, report.nodes_before = cluster_state(lab)
+            quiesce(lab)
+            if lab.farm is not None:  # (after quiesce: every slurmd has registered by then)
                 report.memory_mib = lab.farm.memory()
                 say(f"{len(lab.nodes)} full nodes, {len(lab.farm.nodes)} simulated by the node farm "
                     f"({report.memory_mib['pss_mib']} MiB PSS)")
-            report.jobs_before, report.nodes_before = cluster_state(lab)
-            quiesce(lab)
             result: CutoverReport = cutover(lab, project, new_sif, trust=trust, deadline=deadline,
                                             node_slurmd=node_slurmd, rollback=False, signer=signer, say=say)
             report.cutover = result.to_dict()
