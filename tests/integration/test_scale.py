@@ -41,7 +41,8 @@ def test_fifty_nodes_five_hundred_jobs_and_a_cutover_lose_nothing(apptainer, pro
         assert all(after[j] == "PENDING" for j in held), Counter(after[j] for j in held)
         rc, _, err = lab.on_sms(["scontrol", "release", ",".join(held)], timeout=60)
         assert rc == 0, err
-        final = wait_jobs(lab, held + running, timeout=180)
+        # (a job Slurm requeues after a late completion message waits out its requeue delay)
+        final = wait_jobs(lab, held + running, timeout=420)
         assert Counter(final.values()) == Counter({"COMPLETED": JOBS}), Counter(final.values())
         states = node_states(lab)
         assert len(states) == NODES, f"nodes after the cutover: {len(states)}"
