@@ -91,9 +91,9 @@ def submit_jobs(lab: Lab, count: int, *, hold: bool = False, exclude: list[str] 
     """``count`` trivial batch jobs (``true``, output discarded) from SMS-services, ``parallel``
     submitters at once; their ids and the seconds the submissions took.
 
-    A time limit of ``minutes``, not one: a job that ends while the controller is down has its
-    end reported again by slurmstepd (every 15 s); a CI run with 1 minute saw 44 of 250 such
-    jobs reach their limit first and end TIMEOUT."""
+    A time limit of ``minutes``, not one: with 1 minute, 44 of the 250 jobs running across a
+    cutover in one run ended TIMEOUT (not yet explained; likely their end reached the new
+    controller late: slurmstepd retries a lost completion message after a delay)."""
     args = ["--parsable", "-t", str(minutes), "-o", "/dev/null", "-J", "trivial"]
     if hold:
         args.append("-H")
