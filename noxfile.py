@@ -151,3 +151,12 @@ def bench(session: nox.Session) -> None:
     """Measure builds, SIF size, verify timings, cutover gaps (10), rehearsal and backup: results/bench.json."""
     session.run("python", "tools/bench.py", "--release", _release(session),
                 "--out", "results/bench.json", external=True)
+
+
+@nox.session
+def load(session: nox.Session) -> None:
+    """SMS-services under load with N registered nodes: nox -s load -- [RELEASE] [--nodes 450] [--jobs 10000].
+
+    Job throughput, cutover gaps with a full queue, munge, rsyslog and NTP rates: results/load.json.
+    """
+    session.run("python", "tools/load.py", *session.posargs, external=True)

@@ -58,7 +58,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
 
     report = rehearse(project_of(args), Apptainer.find(), sif_of(args, args.to).resolve(), Path(args.overlay),
                       old_sif=sif_of(args, args.old).resolve(), trust=trust_of(args, candidate=args.candidate),
-                      site_path=Path(args.site) if args.site else None,
+                      site_path=Path(args.site) if args.site else None, job_nodes=args.job_nodes,
                       say=lambda s: err_console.print(f"[bold]rehearse[/bold] {s}"))
     if args.json:
         write_json(args.json, report.to_dict())
@@ -67,6 +67,9 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
         out_console.print(f"cutover in the lab: service gap {cut['gap_s']} s, every probe green "
                           f"{cut['green_s']} s after the start; jobs {len(report.jobs_before)} -> "
                           f"{len(report.jobs_after)}, nodes {len(report.nodes_before)} -> {len(report.nodes_after)}")
+    if report.farm_nodes:
+        out_console.print(f"nodes: {', '.join(report.instance_nodes)} ran as full nodes (the probes' jobs); "
+                          f"{len(report.farm_nodes)} more were simulated by slurmd processes of the node farm")
     if report.go:
         out_console.print(f"GO: {Path(report.new_sif).name} can replace {Path(report.old_sif).name} "
                           f"on {args.overlay} ({report.seconds} s)")
@@ -75,6 +78,12 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
         err_console.print(f"no-go: {reason}", markup=False)
     err_console.print(f"smsctl: NO-GO for {Path(report.new_sif).name} on {args.overlay}", markup=False)
     return 1
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return int(text)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -95,6 +104,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="the image running on the overlay now (a SIF or a release id)")
     s.add_argument("--overlay", required=True, metavar="LIVE", help="the live overlay (only copied, never changed)")
     s.add_argument("--site", help="the site file the live cluster uses (default: the lab's)")
+    s.add_argument("--job-nodes", type=_positive, default=2, metavar="K",
+                   help="the site's first K nodes run as full lab nodes (real jobs); the rest as slurmd "
+                        "processes of one node farm, each with its own address (default: 2)")
     s.add_argument("--json", metavar="FILE", help="write the report as JSON")
     s.add_argument("--candidate", action="store_true",
                    help="also trust this host's build key (a candidate not yet release-signed)")

@@ -35,6 +35,7 @@ from sms_services.errors import UserError
 from sms_services.image.accounts import image_accounts, owner_of
 from sms_services.inputs.fragment import Fragment
 from sms_services.inputs.site import Site, render_site
+from sms_services.lab.farm import Farm, farm_nodes
 from sms_services.lab.wwserver import overlay_build
 from sms_services.probes.registry import NEEDS
 from sms_services.probes.system import SUPERVISORCTL
@@ -102,6 +103,12 @@ class Lab(SmsTarget):
     sms_overlay: Path | None = None
     host: str = ""  # the network namespace ("infrastructure host") SMS-services runs in
     provides: frozenset[str] = frozenset(NEEDS)  # a lab can run every probe
+    # None: every node of the site is an instance of its own. K: the first K are (they run
+    # the probes' and tests' real jobs); the rest are slurmd processes of one node farm.
+    job_nodes: int | None = None
+    farm: Farm | None = None
+    munge_threads: int = 4  # the farm's munged (one for every farm node)
+    _bridge_mac: str = ""  # the provisioning bridge's own MAC while SMS-services uses host networking
 
     # --- addresses the lab adds to the site's ------------------------------------
     @property
@@ -321,6 +328,29 @@ class Lab(SmsTarget):
         self.sms_started_at = time.monotonic()
         return round(self.sms_started_at - t, 2)
 
+    def start_sms_host_network(self, sif: Path) -> float:
+        """SMS-services without its own network namespace: its daemons in the lab's namespace,
+        on the provisioning bridge itself (which takes SMS-services' address), as an image run
+        with host networking would. For the load bench's container-overhead comparison; the
+        public side is left out. ``stop_sms`` stops it; ``end_host_network`` gives the address back."""
+        assert self.sms_overlay is not None
+        bridge = f"{self.name}-p"
+        # The bridge answers with SMS-services' own MAC, so no node's ARP entry goes stale.
+        self._bridge_mac = _run(["ip", "-n", self.name, "-br", "link", "show", bridge]).stdout.split()[2]
+        _run(["ip", "-n", self.name, "link", "set", bridge, "address", mac_for(self.sms_ip)])
+        _run(["ip", "-n", self.name, "addr", "add", f"{self.sms_ip}/{self.prefix}", "dev", bridge])
+        t = time.monotonic()
+        self._start_instance(sif.resolve(), self.sms_instance, str(self.site.values["sms_hostname"]),
+                             self.sms_overlay, caps_of(self.sms_fragments), [], [])
+        self.sms_started_at = time.monotonic()
+        return round(self.sms_started_at - t, 2)
+
+    def end_host_network(self) -> None:
+        bridge = f"{self.name}-p"
+        _run(["ip", "-n", self.name, "addr", "del", f"{self.sms_ip}/{self.prefix}", "dev", bridge], check=False)
+        if self._bridge_mac:
+            _run(["ip", "-n", self.name, "link", "set", bridge, "address", self._bridge_mac], check=False)
+
     def add_host(self, suffix: str = "b") -> str:
         """A second infrastructure host: a namespace with its own bridges, cabled to the
         lab's (as a second server on the same switches), seeing the same overlay file
@@ -339,20 +369,46 @@ class Lab(SmsTarget):
             _run(["ip", "-n", ns, "link", "set", bridge, "up"])
         return ns
 
+    def _node_overlay(self, overlay: Path) -> None:
+        env = render_site(self.site, self.compute_fragments, self.release)["/etc/sms-services/site.env"]
+        create_overlay(overlay, {"/etc/munge/munge.key": self.munge_key, "/etc/sms-services/site.env": env},
+                       size_mib=64, owners={"/etc/munge/munge.key": self.munge_ids},
+                       modes={"/etc/munge/munge.key": 0o400})
+
     def _start_nodes(self) -> None:
-        for node in self.site.values.get("nodes", []):
+        nodes = list(self.site.values.get("nodes", []))
+        full, farmed = (nodes, []) if self.job_nodes is None else farm_nodes(nodes, self.job_nodes)
+        t = time.monotonic()
+        for node in full:
             name, ip = str(node["name"]), str(node["address"])
             overlay = self.work / f"{name}-overlay.img"
-            env = render_site(self.site, self.compute_fragments, self.release)["/etc/sms-services/site.env"]
-            create_overlay(overlay, {"/etc/munge/munge.key": self.munge_key, "/etc/sms-services/site.env": env},
-                           size_mib=64, owners={"/etc/munge/munge.key": self.munge_ids},
-                           modes={"/etc/munge/munge.key": 0o400})
+            self._node_overlay(overlay)
             instance = f"{self.name}-{name}"
             self._start_instance(self.compute_sif, instance, name, overlay, caps_of(self.compute_fragments),
                                  [(f"{self.name}-node", f"{ip}/{self.prefix}", None)],
                                  ["--bind", "/sys/fs/cgroup"])
             self._node_info[name] = Node(name, ip, instance, overlay)
             self.nodes.append(name)
+        self.timings["job_nodes_start_s"] = round(time.monotonic() - t, 2)
+        if farmed:
+            self._start_farm(farmed)
+
+    def _start_farm(self, farmed: list) -> None:
+        t = time.monotonic()
+        self.farm = Farm(self.name, f"{self.name}-p", self.prefix, farmed, self.work)
+        self.farm.network()
+        self.timings["farm_network_s"] = round(time.monotonic() - t, 2)
+        overlay = self.work / "farm-overlay.img"
+        self._node_overlay(overlay)
+        self.farm.start(self.apptainer, self.compute_sif, overlay, self.work / "hosts", self.work / "resolv.conf",
+                        self.sms_ip, self.munge_threads, caps_of(self.compute_fragments))
+        assert self.farm.proc is not None
+        self._procs.append(self.farm.proc)  # ended (and with it every farm slurmd) at teardown
+        self.timings["farm_start_s"] = round(time.monotonic() - t, 2)
+
+    @property
+    def farm_node_names(self) -> list[str]:
+        return [n.name for n in self.farm.nodes] if self.farm else []
 
     # --- running commands (the probes' view of the cluster) -----------------------
     def exec_command(self, node: str | None, command: list[str]) -> list[str]:
@@ -401,6 +457,25 @@ def _namespaces() -> list[str]:
             if line.strip()]
 
 
+def _pids_in(namespaces: list[str]) -> list[int]:
+    """Every process whose network namespace is one of ``namespaces`` (names under /run/netns)."""
+    inodes = set()
+    for ns in namespaces:
+        try:
+            inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
+        except OSError:
+            pass
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if os.stat(entry / "ns/net").st_ino in inodes:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
 def _mine(name: str, items: list[str]) -> list[str]:
     return [i for i in items if i == name or i.startswith(name + "-")]
 
@@ -437,14 +512,17 @@ def teardown(name: str, apptainer: Apptainer, *, procs: list[subprocess.Popen] |
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-    for ns in _mine(name, _namespaces()):
-        # Processes of a crashed run outlive `ip netns del`: end them first.
-        for pid in _run(["ip", "netns", "pids", ns], check=False).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        _run(["ip", "netns", "del", ns], check=False)
+    namespaces = _mine(name, _namespaces())
+    # Processes of a crashed run outlive `ip netns del`: end them first. One pass over
+    # /proc for all namespaces (a farm has hundreds; `ip netns pids` each took minutes).
+    for pid in _pids_in(namespaces):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if namespaces:
+        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {ns}\n" for ns in namespaces),
+                       capture_output=True, text=True, timeout=300)
     # Work folders (overlays, CNI configs) of this run and of crashed ones; the
     # instances are gone, so no loop device holds their overlays any more.
     for work in Path(tempfile.gettempdir()).glob(f"{name}-*"):

@@ -39,6 +39,10 @@ class Rehearsal:
     nodes_after: list[str] = field(default_factory=list)
     cutover: dict = field(default_factory=dict)
     seconds: float = 0.0
+    # Which of the site's nodes ran as full lab nodes and which as node-farm slurmd.
+    instance_nodes: list[str] = field(default_factory=list)
+    farm_nodes: list[str] = field(default_factory=list)
+    memory_mib: dict = field(default_factory=dict)  # the node farm's (RSS, PSS)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +87,7 @@ def quiesce(lab: Lab, timeout: float = 60) -> None:
 
 def rehearse(project: Project, apptainer: Apptainer, new_sif: Path, overlay: Path, *, old_sif: Path,
              trust: Trust, site_path: Path | None = None, name: str = "smsrehearse", deadline: float = 120,
-             say: Callable[[str], None] = lambda s: None) -> Rehearsal:
+             job_nodes: int | None = 2, say: Callable[[str], None] = lambda s: None) -> Rehearsal:
     start = time.monotonic()
     report = Rehearsal(str(old_sif), str(new_sif), str(overlay))
     if not overlay.is_file():
@@ -116,9 +120,14 @@ def rehearse(project: Project, apptainer: Apptainer, new_sif: Path, overlay: Pat
             copy_overlay(overlay, copy)
         say(f"rehearsing on a copy of {overlay}")
         with open_lab(project, apptainer, old_release, sif=old_sif, site_path=site_path, name=name, trust=trust,
-                      overlay=copy, compute_sif=compute_sif, say=say) as lab:
+                      overlay=copy, compute_sif=compute_sif, job_nodes=job_nodes, say=say) as lab:
+            report.instance_nodes, report.farm_nodes = list(lab.nodes), lab.farm_node_names
             report.jobs_before, report.nodes_before = cluster_state(lab)
             quiesce(lab)
+            if lab.farm is not None:  # (after quiesce: every slurmd has registered by then)
+                report.memory_mib = lab.farm.memory()
+                say(f"{len(lab.nodes)} full nodes, {len(lab.farm.nodes)} simulated by the node farm "
+                    f"({report.memory_mib['pss_mib']} MiB PSS)")
             result: CutoverReport = cutover(lab, project, new_sif, trust=trust, deadline=deadline,
                                             node_slurmd=node_slurmd, rollback=False, signer=signer, say=say)
             report.cutover = result.to_dict()

@@ -76,7 +76,7 @@ def probe_services(lab: Lab, *, only: set[str] | None = None, skip: set[str] = f
 @contextmanager
 def open_lab(project: Project, apptainer: Apptainer, release: str, *, sif: Path | None = None,
              site_path: Path | None = None, name: str = "", trust: Trust | None = None,
-             overlay: Path | None = None, compute_sif: Path | None = None,
+             overlay: Path | None = None, compute_sif: Path | None = None, job_nodes: int | None = None,
              say: Callable[[str], None] = lambda s: None) -> Iterator[Lab]:
     """A running lab cluster for ``release``, torn down when the block ends (however it ends).
 
@@ -102,7 +102,7 @@ def open_lab(project: Project, apptainer: Apptainer, release: str, *, sif: Path 
     lab = Lab(release, sms_sif, compute_sif, site, sms_frags, project.ordered(variant, "compute"), apptainer,
               rel.wwclient_protocol, say=say, warewulf=rel.warewulf, name=name,
               signer=str(signer) if signer else "UNSIGNED",
-              sms_overlay=overlay)
+              sms_overlay=overlay, job_nodes=job_nodes)
     with lab:
         yield lab
 

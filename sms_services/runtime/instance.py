@@ -76,7 +76,8 @@ def start_instance(apptainer: Apptainer, sif: Path, instance: str, *, hostname: 
     prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
     cmd = [*prefix, apptainer.binary, "instance", "start", "--no-privs",
            *(["--add-caps", ",".join(caps)] if caps else []),
-           "--net", "--network", ",".join(n for n, _, _ in nets), *args, "--hostname", hostname,
+           # No networks: the instance shares the network namespace it starts in ("host networking").
+           *(["--net", "--network", ",".join(n for n, _, _ in nets)] if nets else []), *args, "--hostname", hostname,
            "--overlay", str(overlay), "--contain", "--scratch", "/run", *extra, str(sif), instance]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/",
                           env=dict(os.environ, **(env or {})))

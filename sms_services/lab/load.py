@@ -1,0 +1,319 @@
+"""The load bench: SMS-services in a lab of N registered nodes, measured under load.
+
+What it measures, in this order (each phase reports what it saw; nothing is asserted):
+
+* the lab: seconds until every node is idle, the node farm's memory (RSS and PSS,
+  per node) and the machine's memory in use;
+* the cutover gap with an empty queue (``cutovers`` times, the same image);
+* munge: credentials encoded and decoded per second (``remunge`` in SMS-services);
+* rsyslog and NTP from one socket per node address (``loadgen``);
+* ``jobs`` trivial batch jobs submitted held (the submit rate slurmctld accepts),
+  then the cutover gap with all of them pending, and whether every one was kept;
+* the same jobs released: started and completed per second, and ``scontrol ping``
+  and ``squeue`` latency (p50, p99) from a compute node while they run;
+* container overhead: ``overhead_jobs`` jobs with SMS-services as it runs (its own network
+  namespace on CNI bridges), then the same with host networking: the ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sms_services.apptainer import Apptainer
+from sms_services.errors import UserError
+from sms_services.inputs.project import Project
+from sms_services.lab.cluster import Lab
+from sms_services.lab.scale import job_states, scale_lab, submit_jobs, wait_nodes
+from sms_services.runtime.cutover import cutover
+from sms_services.trust.signing import Trust
+
+Say = Callable[[str], None]
+
+# From a compute node, as users and slurmd see the controller: both commands timed in ms.
+LATENCY_LOOP = ('while :; do a=$(date +%s%N); scontrol ping >/dev/null 2>&1; b=$(date +%s%N); '
+                'squeue -h >/dev/null 2>&1; c=$(date +%s%N); '
+                'echo "$a $(( (b - a) / 1000 )) $(( (c - b) / 1000 ))"; sleep 0.2; done')
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))], 2)
+
+
+def mem_available_mib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _cutovers(lab: Lab, project: Project, count: int, say: Say, label: str) -> dict:
+    gaps, lost_total, oks = [], 0, 0
+    for i in range(count):
+        before = set(job_states(lab))
+        report = cutover(lab, project, lab.sms_sif, trust=Trust.candidate(), deadline=180)
+        after = set(job_states(lab))
+        lost = before - after
+        lost_total += len(lost)
+        oks += report.ok and not report.rolled_back
+        if report.gap_s is not None:
+            gaps.append(report.gap_s)
+        say(f"cutover {i + 1}/{count} ({label}): gap {report.gap_s} s, ok {report.ok}, "
+            f"{len(before)} jobs before, {len(lost)} lost")
+    return {"cutovers": count, "ok": oks, "gaps_s": gaps, "gap_median_s": statistics.median(gaps) if gaps else None,
+            "gap_max_s": max(gaps) if gaps else None, "jobs_lost": lost_total}
+
+
+# A second munged beside the running one, with SchedMD's high-throughput thread count, on
+# its own socket: the before/after of ``--num-threads`` in one run, on the same key.
+TUNED_MUNGED = ("setpriv --reuid=munge --regid=munge --init-groups munged --num-threads {threads} "
+                "-S /run/munge/bench.socket --pid-file /run/munge/bench.pid --seed-file /var/lib/munge/bench.seed "
+                "--log-file /var/log/munge/bench.log")
+
+
+def _remunge(lab: Lab, seconds: int, args: list[str]) -> float | None:
+    rc, stdout, err = lab.on_sms(["remunge", "-q", "-T", "4", "-D", str(seconds), *args], timeout=seconds + 60)
+    try:
+        return float(stdout.strip().split()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _munge(lab: Lab, say: Say, seconds: int = 10, threads: int = 10) -> dict:
+    """``remunge`` (munge's own benchmark, 4 client threads) inside SMS-services: encode, and
+    encode+decode, against the running munged (2 threads, munge's default) and one with ``threads``."""
+    out: dict = {}
+    for what, args in (("encode", ["-e"]), ("encode_decode", ["-d"])):
+        out[f"{what}_per_s"] = _remunge(lab, seconds, args)
+        say(f"munge {what}: {out[f'{what}_per_s']} credentials/s")
+    rc, _, err = lab.on_sms(["sh", "-c", TUNED_MUNGED.format(threads=threads)])
+    if rc != 0:
+        say(f"munge with {threads} threads did not start: {err.strip()[-200:]}")
+        return out
+    try:
+        for what, args in (("encode", ["-e"]), ("encode_decode", ["-d"])):
+            key = f"{what}_per_s_{threads}_threads"
+            out[key] = _remunge(lab, seconds, [*args, "-S", "/run/munge/bench.socket"])
+            say(f"munge {what}, munged with {threads} threads: {out[key]} credentials/s")
+    finally:
+        lab.on_sms(["sh", "-c", "kill $(cat /run/munge/bench.pid)"])
+    return out
+
+
+def _loadgen(lab: Lab, kind: str, senders: list[str], seconds: float, say: Say, count: int = 0) -> dict:
+    """One socket per node namespace (each from its node's own address) at the SMS-services."""
+    cmd = [sys.executable, "-m", "sms_services.lab.loadgen", kind, lab.sms_ip, str(seconds), str(count), *senders]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    if proc.returncode != 0:
+        say(f"{kind}: load generator failed: {proc.stderr.strip()[-200:]}")
+        return {"error": proc.stderr.strip()[-300:]}
+    return json.loads(proc.stdout)
+
+
+def _syslog(lab: Lab, senders: list[str], seconds: float, count: int, say: Say) -> dict:
+    """``count`` messages from every sender at once, over TCP then UDP: how fast they arrive
+    in the cluster log and how many do. The log is emptied after each (the overlay is small)."""
+    out = {}
+    log = "/var/log/cluster/messages"
+    for proto in ("tcp", "udp"):
+        t0 = time.monotonic()
+        sent = _loadgen(lab, f"syslog-{proto}", senders, seconds, say, count)
+        if "token" not in sent:
+            out[proto] = sent
+            continue
+        received, seen_at, stable = 0, time.monotonic(), 0
+        while stable < 4 and time.monotonic() - t0 < seconds + 120:  # rsyslog drains its queue
+            rc, stdout, _ = lab.on_sms(["grep", "-cF", sent["token"], log], timeout=60)
+            now = int(stdout.strip() or 0)
+            if now != received:
+                received, seen_at, stable = now, time.monotonic(), 0
+            else:
+                stable += 1
+            if received >= sent["sent"]:
+                break
+            time.sleep(0.5)
+        lab.on_sms(["truncate", "-s", "0", log])
+        sent.update(received=received, lost=sent["sent"] - received,
+                    loss_pct=round(100 * (sent["sent"] - received) / max(sent["sent"], 1), 2),
+                    received_per_s=round(received / max(seen_at - t0, 0.001), 1))
+        say(f"syslog {proto}: {sent['senders']} senders sent {sent['sent']} at {sent['per_s']:.0f}/s; "
+            f"{received} arrived ({sent['received_per_s']:.0f}/s), {sent['lost']} lost")
+        out[proto] = sent
+    return out
+
+
+def _throughput(lab: Lab, ids: list[str], timeout: float, say: Say) -> dict:
+    """Release ``ids`` (held) and sample until all ended: rates and controller latency."""
+    watch = subprocess.Popen(lab.exec_command(lab.nodes[0], ["sh", "-c", LATENCY_LOOP]), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, cwd="/", start_new_session=True)
+    total = len(ids)
+    samples: list[tuple[float, int, int]] = []  # (t, started, completed)
+    t0 = time.monotonic()
+    for i in range(0, total, 2000):  # scontrol's argument list stays short
+        lab.on_sms(["scontrol", "release", ",".join(ids[i:i + 2000])], timeout=300)
+    released_s = time.monotonic() - t0
+    last_say = 0.0
+    while time.monotonic() - t0 < timeout:
+        rc, out, _ = lab.on_sms(["squeue", "-h", "-o", "%t", "-n", "trivial"], timeout=120)
+        if rc != 0:
+            time.sleep(1)
+            continue
+        states = out.split()
+        pending = states.count("PD")
+        started, completed = total - pending, total - len(states)
+        now = time.monotonic() - t0
+        samples.append((now, started, completed))
+        if now - last_say > 10 or completed == total:
+            say(f"jobs: {started}/{total} started, {completed}/{total} completed after {now:.0f} s")
+            last_say = now
+        if completed >= total:
+            break
+        time.sleep(1)
+    os.killpg(watch.pid, 15)
+    lat_out = watch.communicate(timeout=30)[0]
+    pings, squeues = [], []
+    for line in lat_out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            pings.append(int(parts[1]) / 1000)
+            squeues.append(int(parts[2]) / 1000)
+    end = samples[-1] if samples else (0.0, 0, 0)
+    first_start = next((t for t, s, _ in samples if s > 0), 0.0)
+    # Peak over 10-second windows: one-second samples mostly measure squeue's own timing.
+    rates, k = [], 0
+    for a in samples:
+        while k < len(samples) and samples[k][0] - a[0] < 10:
+            k += 1
+        if k < len(samples):
+            rates.append((samples[k][2] - a[2]) / (samples[k][0] - a[0]))
+    return {"jobs": total, "release_s": round(released_s, 2), "seconds": round(end[0], 1),
+            "completed": end[2], "started_per_s": round(end[1] / end[0], 1) if end[0] else None,
+            "completed_per_s": round(end[2] / end[0], 1) if end[0] else None,
+            "completed_per_s_peak": round(max(rates), 1) if rates else None,
+            "first_start_s": round(first_start, 2),
+            # A job Slurm requeues (a lost completion message) waits out its requeue delay: the
+            # time to 99 % shows the rate without that tail.
+            "completed_99pct_s": next((round(t, 1) for t, _, c in samples if c >= 0.99 * total), None),
+            "scontrol_ping_ms": {"p50": pct(pings, 50), "p99": pct(pings, 99), "samples": len(pings)},
+            "squeue_ms": {"p50": pct(squeues, 50), "p99": pct(squeues, 99), "samples": len(squeues)}}
+
+
+def _overhead(lab: Lab, count: int, nodes: int, say: Say) -> dict:
+    """The same ``count`` held-then-released jobs, with SMS-services in its own network namespace
+    on CNI bridges (as it runs), then with host networking (its daemons on the bridge itself)."""
+    out: dict = {"jobs": count}
+    for mode in ("container", "host"):
+        if mode == "host":
+            lab.stop_sms()
+            lab.start_sms_host_network(lab.sms_sif)
+            wait_nodes(lab, nodes, 300, say=say)
+        try:
+            ids, submit_s = submit_jobs(lab, count, hold=True)
+            tp = _throughput(lab, ids, timeout=max(900, count), say=say)
+            out[mode] = {"submit_per_s": round(count / submit_s, 1), **tp}
+            say(f"{mode} networking: {out[mode]['submit_per_s']} submitted/s, {tp['completed_per_s']} completed/s")
+        finally:
+            if mode == "host":
+                lab.stop_sms()
+                lab.end_host_network()
+                lab.start_sms(lab.sms_sif)
+    c, h = out["container"], out["host"]
+    out["ratio_completed"] = round(c["completed_per_s"] / h["completed_per_s"], 3) if h["completed_per_s"] else None
+    out["ratio_submit"] = round(c["submit_per_s"] / h["submit_per_s"], 3) if h["submit_per_s"] else None
+    say(f"container/host: completed {out['ratio_completed']}, submitted {out['ratio_submit']}")
+    return out
+
+
+def _rehearsal(lab: Lab, project: Project, apptainer: Apptainer, job_nodes: int, say: Say) -> dict:
+    """``rehearse`` of the same image on a copy of this lab's overlay with its N-node site (the
+    nodes simulated by a second node farm): time, memory, and the verdict."""
+    from sms_services.lab.rehearse import rehearse
+
+    mem = mem_available_mib()
+    peak = [0.0]
+
+    def watch(line: str) -> None:
+        peak[0] = max(peak[0], mem - mem_available_mib())
+        say(f"rehearse: {line}")
+
+    assert lab.sms_overlay is not None
+    try:
+        report = rehearse(project, apptainer, lab.sms_sif, lab.sms_overlay, old_sif=lab.sms_sif,
+                          trust=Trust.candidate(), site_path=lab.site.path, name="smsrehload", job_nodes=job_nodes,
+                          say=watch)
+    except UserError as err:
+        return {"error": str(err)}
+    out = {"go": report.go, "reasons": report.reasons, "seconds": report.seconds,
+           "instance_nodes": report.instance_nodes, "farm_nodes": len(report.farm_nodes),
+           "farm_memory": report.memory_mib, "machine_mem_used_mib_peak": round(peak[0]),
+           "gap_s": report.cutover.get("gap_s"), "jobs_before": len(report.jobs_before),
+           "jobs_after": len(report.jobs_after)}
+    say(f"rehearsal with {len(report.farm_nodes) + len(report.instance_nodes)} nodes: "
+        f"{'GO' if report.go else 'NO-GO'} in {report.seconds} s, {round(peak[0])} MiB more in use at most")
+    return out
+
+
+def run_load(project: Project, apptainer: Apptainer, release: str, *, nodes: int = 450, jobs: int = 10000,
+             job_nodes: int = 2, cutovers: int = 3, sif: Path | None = None, seconds: float = 10,
+             syslog_messages: int = 200_000, overhead_jobs: int = 2000, rehearsal: bool = True,
+             say: Say = lambda s: None) -> dict:
+    result: dict = {"release": release, "nodes": nodes, "job_nodes": job_nodes, "jobs": jobs,
+                    "machine": {"cpus": os.cpu_count(), "mem_available_mib_before": round(mem_available_mib())}}
+    mem_before = mem_available_mib()
+    t = time.monotonic()
+    with scale_lab(project, apptainer, release, nodes, job_nodes=job_nodes, name="smsload", sif=sif,
+                   ready_timeout=600, say=say) as lab:
+        assert lab.farm is not None
+        result["lab"] = {**lab.timings, "with_image_checks_s": round(time.monotonic() - t, 1),
+                         "farm": lab.farm.memory(),
+                         "machine_mem_used_mib": round(mem_before - mem_available_mib())}
+        say(f"{nodes} nodes idle after {result['lab']['start_to_all_idle_s']} s; farm "
+            f"{result['lab']['farm']['pss_mib']} MiB PSS ({result['lab']['farm']['pss_per_node_mib']} per node), "
+            f"machine {result['lab']['machine_mem_used_mib']} MiB more in use")
+        _save_partial(result)
+        result["cutover_empty_queue"] = _cutovers(lab, project, cutovers, say, "empty queue")
+        result["munge"] = _munge(lab, say)
+        senders = [lab.farm.netns(n) for n in lab.farm.nodes]
+        result["syslog"] = _syslog(lab, senders, seconds * 6, syslog_messages, say)
+        result["ntp"] = _loadgen(lab, "ntp", senders, seconds, say)
+        say(f"ntp: {result['ntp'].get('per_s')} answers/s for {result['ntp'].get('senders')} clients")
+        _save_partial(result)
+        say(f"submitting {jobs} held jobs")
+        ids, submit_s = submit_jobs(lab, jobs, hold=True, timeout=7200)
+        result["submit"] = {"jobs": jobs, "seconds": round(submit_s, 1), "per_s": round(jobs / submit_s, 1)}
+        say(f"submitted {jobs} jobs in {submit_s:.0f} s ({jobs / submit_s:.0f}/s)")
+        result["cutover_pending_queue"] = _cutovers(lab, project, cutovers, say, f"{jobs} pending")
+        _save_partial(result)
+        result["throughput"] = _throughput(lab, ids, timeout=max(1800, jobs), say=say)
+        result["lab"]["farm_after"] = lab.farm.memory()
+        _save_partial(result)
+        if overhead_jobs:
+            try:
+                result["overhead"] = _overhead(lab, overhead_jobs, nodes, say)
+            except UserError as err:  # the other numbers stand without this one
+                result["overhead"] = {"error": str(err)}
+                say(f"container overhead not measured: {err}")
+        if rehearsal:
+            _save_partial(result)
+            result["rehearsal"] = _rehearsal(lab, project, apptainer, job_nodes, say)
+    result["lab"]["teardown_s"] = lab.timings.get("teardown_s")
+    return result
+
+
+PARTIAL: list[Path] = []
+
+
+def _save_partial(result: dict) -> None:
+    """What was measured so far, so a bench cut short still leaves numbers."""
+    for path in PARTIAL:
+        path.write_text(json.dumps(result, indent=1) + "\n")
