@@ -222,13 +222,14 @@ class HaPair:
             raise UserError(f"ha lab: smsctl ha config --apply: {r.stderr.strip()[-400:]}")
 
     def located(self) -> str:
-        """The host Pacemaker runs the resource on ('' if none), asked of any live host."""
+        """The host where Pacemaker has started the resource ('' if none, or still starting),
+        asked of any live host."""
         for host in HOSTS:
             if not self.alive(host):
                 continue
-            out = self.run(host, ["crm_resource", "--locate", "--resource", RESOURCE], timeout=30).stdout
-            found = re.findall(r"is running on: (\w+)", out)
-            return found[0] if len(found) == 1 else ""
+            out = self.run(host, ["crm_mon", "-1", "--output-as=xml"], timeout=30).stdout
+            found = re.search(rf'<resource id="{RESOURCE}" [^>]*role="Started"[^>]*>\s*<node name="(\w+)"', out)
+            return found.group(1) if found else ""
         return ""
 
     def wait_located(self, timeout: float = 120, *, not_on: str = "") -> str:
