@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from sms_services.errors import UserError
-from sms_services.lab.cluster import Lab, _run
+from sms_services.lab.cluster import Lab
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -37,6 +37,30 @@ FENCE_AGENT = HERE / "fence/fence_smslab"
 HOSTS = ("hosta", "hostb")
 LINK = {"hosta": "198.19.60.1", "hostb": "198.19.60.2"}  # the corosync link (RFC 2544 space, own netns)
 RESOURCE = "sms-services"
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise UserError(f"ha lab: '{' '.join(cmd)}' failed: {(proc.stderr or proc.stdout).strip()[:300]}")
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (a host's tree), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def corosync_conf(cluster: str, token_ms: int) -> str:
@@ -176,6 +200,17 @@ class HaPair:
     def power_off(self, host: str) -> None:
         """Every process of ``host`` SIGKILLed at once (frozen first): a host's death."""
         self.fence("off", host)
+
+    def pids_named(self, host: str, comm: str) -> list[int]:
+        """Processes of ``host`` (its whole tree, instances included) whose name is ``comm``."""
+        found = []
+        for pid in _descendants(self.root_pid[host]):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
 
     # --- the cluster ----------------------------------------------------------------------
     def wait_online(self, timeout: float = 120) -> None:

@@ -6,6 +6,8 @@ two instances on the overlay. Real Slurm jobs, real daemons; see sms_services/la
 from __future__ import annotations
 
 import json
+import os
+import signal
 import shutil
 import subprocess
 import threading
@@ -144,8 +146,9 @@ def test_a_hung_controller_is_restarted_by_pacemaker(cluster: HaPair) -> None:
     host = ha.located()
     job = submit(lab, 40, "across-hang")
     time.sleep(2)
-    r = ha.on_sms(host, ["pkill", "-STOP", "-x", "slurmctld"])
-    assert r.returncode == 0, r.stderr
+    hung = ha.pids_named(host, "slurmctld")
+    assert len(hung) == 1, hung
+    os.kill(hung[0], signal.SIGSTOP)  # alive, holding its port, answering nobody
     assert ha.smsctl_on(host, "ha", "monitor", "--name", ha.instance, "--timeout", "3").returncode == 1
     t = time.monotonic()
     deadline = t + 120
