@@ -158,6 +158,19 @@ class HaPair:
             _run(["ip", "-n", self.netns[host], "addr", "add", f"{LINK[host]}/24", "dev", "cl0"])
             _run(["ip", "-n", self.netns[host], "link", "set", "cl0", "up"])
 
+    def boot(self, host: str) -> None:
+        """Power ``host`` on again (after a fence): its disks (state, config) kept, its
+        memory (corosync's and Pacemaker's tmpfs) empty; it rejoins the cluster."""
+        if self.alive(host):
+            raise UserError(f"ha lab: {host} is still on")
+        (self.work / host / "ready").unlink(missing_ok=True)
+        self._boot(host)
+        self.wait_online()
+
+    def link(self, host: str, up: bool) -> None:
+        """Cable ``host``'s corosync link in or out (both hosts stay on: a network split)."""
+        _run(["ip", "-n", self.netns[host], "link", "set", "cl0", "up" if up else "down"])
+
     def _boot(self, host: str) -> None:
         hw = self.work / host
         spec = {"name": host, "work": str(hw), "agent": str(AGENT), "fence_agent": str(FENCE_AGENT),

@@ -7,7 +7,8 @@ adds or updates the objects by id and leaves everything else in the CIB alone.
 
 What it holds:
 - fencing on (``stonith-enabled=true``) and one fencing device per host, never
-  run on the host it fences;
+  run on the host it fences; ``priority-fencing-delay`` with the resource's
+  ``priority``, so that in a split the host running SMS-services wins the fencing race;
 - the ``ocf:sms-services:instance`` resource (ha/ocf/sms-services/instance) with
   its parameters, a start timeout as long as the boot unit's (an e2fsck of a large
   overlay), a monitor that restarts a hung controller, and stickiness so that a
@@ -63,6 +64,7 @@ class HaConfig:
     monitor_interval_s: int = 10
     ping_timeout_s: int = 5
     stickiness: int = 100
+    fencing_delay_s: int = 5  # priority-fencing-delay: in a split, the host running SMS-services wins
     take_over: bool = True  # only ever rendered with fencing on: see the agent's take_over
 
 
@@ -70,7 +72,7 @@ def load_config(path: Path) -> HaConfig:
     """``ha.yaml``: one line naming the file and field for anything wrong."""
     f = Fields(load_mapping(path), path)
     f.unknown({"instance", "smsctl", "state_dir", "config_dir", "apptainer_config", "resource", "bridges",
-               "monitor_interval", "ping_timeout", "stickiness", "nodes"})
+               "monitor_interval", "ping_timeout", "stickiness", "fencing_delay", "nodes"})
     instance = f.str("instance", required=True)
     if not INSTANCE_NAME.fullmatch(instance):
         raise f.fail("instance", "must be an instance name (letters, digits, '.', '_', '-')")
@@ -91,7 +93,8 @@ def load_config(path: Path) -> HaConfig:
     if not bridges:
         raise f.fail("bridges", "is empty; name the provisioning and public bridges")
     numbers = {}
-    for key, default, low in (("monitor_interval", 10, 1), ("ping_timeout", 5, 1), ("stickiness", 100, 0)):
+    for key, default, low in (("monitor_interval", 10, 1), ("ping_timeout", 5, 1), ("stickiness", 100, 0),
+                              ("fencing_delay", 5, 0)):
         value = f.int(key, default)
         if value < low:
             raise f.fail(key, f"must be at least {low}")
@@ -124,7 +127,7 @@ def load_config(path: Path) -> HaConfig:
                     state_dir=paths["state_dir"] or "/var/lib/sms-services", config_dir=paths["config_dir"],
                     apptainer_config=paths["apptainer_config"], resource=resource,
                     monitor_interval_s=numbers["monitor_interval"], ping_timeout_s=numbers["ping_timeout"],
-                    stickiness=numbers["stickiness"])
+                    stickiness=numbers["stickiness"], fencing_delay_s=numbers["fencing_delay"])
 
 
 def xml_id(*parts: str) -> str:
@@ -153,7 +156,11 @@ def bridge_attribute(bridge: str) -> str:
 def render(cfg: HaConfig) -> dict[str, ET.Element]:
     """The three sections, each an element cibadmin --modify --allow-create --scope SECTION takes."""
     crm = ET.Element("crm_config")
-    _nvpairs(crm, "cluster_property_set", "sms-services-options", {"stonith-enabled": "true"})
+    # A split of a pair (the corosync link cut, both hosts alive) makes each fence the other:
+    # fencing aimed at the host running the priority resource waits fencing_delay, so the
+    # host that runs SMS-services wins and keeps it (also the delay a dead host's fencing pays).
+    _nvpairs(crm, "cluster_property_set", "sms-services-options",
+             {"stonith-enabled": "true", "priority-fencing-delay": f"{cfg.fencing_delay_s}s"})
 
     resources = ET.Element("resources")
     constraints = ET.Element("constraints")
@@ -178,7 +185,8 @@ def render(cfg: HaConfig) -> dict[str, ET.Element]:
         params["apptainer_config"] = cfg.apptainer_config
     _nvpairs(prim, "instance_attributes", xml_id(rid, "params"), params)
     # Stickiness: a host that comes back must not pull SMS-services over (a move is a gap).
-    _nvpairs(prim, "meta_attributes", xml_id(rid, "meta"), {"resource-stickiness": str(cfg.stickiness)})
+    _nvpairs(prim, "meta_attributes", xml_id(rid, "meta"), {"resource-stickiness": str(cfg.stickiness),
+                                                            "priority": "10"})
     _ops(prim, rid, [
         {"name": "start", "interval": "0s", "timeout": f"{START_TIMEOUT_S}s"},
         {"name": "stop", "interval": "0s", "timeout": f"{STOP_TIMEOUT_S}s"},

@@ -167,6 +167,53 @@ def test_a_hung_controller_is_restarted_by_pacemaker(cluster: HaPair) -> None:
     ha.run(host, ["crm_resource", "--cleanup", "--resource", RESOURCE])
 
 
+def test_a_planned_move_keeps_a_running_job(cluster: HaPair) -> None:
+    """crm_resource --move: a clean stop frees the lease, so the other host starts at once."""
+    ha, lab = cluster, cluster.lab
+    src = ha.wait_located()
+    dst = next(h for h in HOSTS if h != src)
+    job = submit(lab, 25, "across-move")
+    time.sleep(2)
+    with Writers(lab.sms_overlay) as writers:
+        t = time.monotonic()
+        r = ha.run(src, ["crm_resource", "--move", "--resource", RESOURCE, "--node", dst])
+        assert r.returncode == 0, r.stderr
+        assert ha.wait_located(timeout=120, not_on=src) == dst
+        moved = time.monotonic() - t
+        r = probe_green(ha, dst)
+        green = time.monotonic() - t
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert writers.most == 1, writers.most
+    ha.run(dst, ["crm_resource", "--clear", "--resource", RESOURCE])  # no lasting preference
+    print(f"planned move: started on {dst} {moved:.1f} s, every probe green {green:.1f} s after --move")
+    assert finished_ok(lab, job, "across-move") == ""
+
+
+def test_a_network_split_leaves_exactly_one_instance(cluster: HaPair) -> None:
+    """The corosync link cut, both hosts alive: each tries to fence the other; the host
+    running SMS-services wins (priority-fencing-delay), keeps it, and the job finishes."""
+    ha, lab = cluster, cluster.lab
+    active = ha.wait_located()
+    other = next(h for h in HOSTS if h != active)
+    job = submit(lab, 30, "across-split")
+    time.sleep(2)
+    with Writers(lab.sms_overlay) as writers:
+        ha.link(active, up=False)
+        deadline = time.monotonic() + 90
+        while ha.alive(other) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not ha.alive(other) and ha.alive(active), ha.status()
+        ha.link(active, up=True)
+        time.sleep(3)
+        assert ha.located() == active, ha.status()
+        r = probe_green(ha, active)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert writers.most == 1, writers.most
+    assert finished_ok(lab, job, "across-split") == ""
+    ha.boot(other)  # the fenced host comes back: the pair is whole for the next test
+    assert ha.located() == active  # stickiness: it does not pull SMS-services over
+
+
 def test_host_death_fences_it_and_the_other_host_takes_over(cluster: HaPair) -> None:
     ha, lab = cluster, cluster.lab
     dead = ha.wait_located()
