@@ -131,7 +131,12 @@ class HaPair:
         self.close()
 
     def close(self) -> None:
-        """Power both hosts off (their instances too); the lab's teardown removes the rest."""
+        """Power both hosts off (their instances too); the lab's teardown removes the rest.
+        An instance started by a command run on a host (``run``: nsenter, outside the
+        host's process tree) is stopped by smsctl first, or it would outlive the host."""
+        for host in HOSTS:
+            if host in self.root_pid and self.alive(host):
+                self.smsctl_on(host, "stop", "--name", self.instance, timeout=120)
         for host in HOSTS:
             if host in self.root_pid:
                 self.power_off(host)

@@ -23,8 +23,10 @@ newline stays one attribute value and cannot add an element.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
+from collections.abc import Iterator
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,3 +241,27 @@ def apply(sections: dict[str, ET.Element], *, cibadmin: str = "cibadmin",
         if proc.returncode != 0:
             raise UserError(f"cibadmin --modify --scope {name} failed: "
                             f"{one_line((proc.stderr or proc.stdout).strip()[:300])}; nothing after it was applied")
+
+
+@contextlib.contextmanager
+def unmanaged(resource: str, *, crm_resource: str = "crm_resource") -> Iterator[None]:
+    """Pacemaker leaves ``resource`` alone inside the block (is-managed=false), so a cutover
+    that stops the instance is not "recovered" by the cluster; afterwards it is managed
+    again and its history refreshed (the monitor failures of the gap are not failures)."""
+
+    def crm(*args: str) -> None:
+        try:
+            proc = subprocess.run([crm_resource, "--resource", resource, *args], capture_output=True,
+                                  text=True, timeout=60)
+        except FileNotFoundError:
+            raise UserError("crm_resource: not found; install pacemaker-cli-utils") from None
+        if proc.returncode != 0:
+            raise UserError(f"crm_resource --resource {resource} {' '.join(args)} failed: "
+                            f"{one_line((proc.stderr or proc.stdout).strip()[:300])}")
+
+    crm("--meta", "--set-parameter", "is-managed", "--parameter-value", "false")
+    try:
+        yield
+    finally:
+        crm("--meta", "--set-parameter", "is-managed", "--parameter-value", "true")
+        crm("--refresh")

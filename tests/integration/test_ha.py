@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import shutil
 import subprocess
@@ -143,7 +144,7 @@ def cluster(pair: HaPair) -> HaPair:
 
 def test_a_hung_controller_is_restarted_by_pacemaker(cluster: HaPair) -> None:
     ha, lab = cluster, cluster.lab
-    host = ha.located()
+    host = ha.wait_located()
     job = submit(lab, 40, "across-hang")
     time.sleep(2)
     hung = ha.pids_named(host, "slurmctld")
@@ -245,3 +246,30 @@ def test_host_death_fences_it_and_the_other_host_takes_over(cluster: HaPair) -> 
     timings = {"corosync_token_ms": ha.token_ms, "fenced_s": round(fenced, 1), "started_s": round(started, 1),
                "probes_green_s": round(green, 1)}
     print("host death:", json.dumps(timings))
+
+
+def test_cutover_under_pacemaker_keeps_a_running_job(cluster: HaPair, tmp_path: Path) -> None:
+    """smsctl cutover --pacemaker-resource: the cluster leaves the stopped instance alone,
+    the record (which the resource's start reads) names the new image, no failure remains.
+    Last in the module: the instance a cutover starts is smsctl's child, and smsctl runs
+    by nsenter, outside the lab host's process tree, so a later host death would miss it."""
+    ha, lab = cluster, cluster.lab
+    host = ha.wait_located()
+    record = json.loads((ha.work / host / "state/instances" / f"{ha.instance}.json").read_text())
+    job = submit(lab, 25, "across-ha-cutover")
+    time.sleep(2)
+    with Writers(lab.sms_overlay) as writers:
+        r = ha.smsctl_on(host, "cutover", "--name", ha.instance, "--to", record["source"],
+                         "--pacemaker-resource", RESOURCE, "--json", str(tmp_path / "cutover.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert writers.most == 1, writers.most
+    gap = json.loads((tmp_path / "cutover.json").read_text())["gap_s"]
+    print(f"cutover under Pacemaker: service gap {gap} s")
+    time.sleep(12)  # a monitor interval: Pacemaker has looked again
+    out = ha.run(host, ["crm_mon", "-1", "--output-as=xml"]).stdout
+    assert ha.located() == host and "<failure " not in out, out[-1500:]
+    assert re.search(rf'<resource id="{RESOURCE}" [^>]*managed="true"', out), out[-1500:]
+    after = json.loads((ha.work / host / "state/instances" / f"{ha.instance}.json").read_text())
+    assert after["started"] != record["started"]  # the cutover's start, recorded for the resource
+    assert probe_green(ha, host).returncode == 0
+    assert finished_ok(lab, job, "across-ha-cutover") == ""

@@ -182,3 +182,21 @@ def test_a_probe_where_nothing_is_recorded_says_not_running(tmp_path: Path) -> N
     params = {**recorded(tmp_path), "name": "elsewhere", "CRM_meta_interval": "0"}
     assert agent("monitor", tmp_path, **params).returncode == 7
     assert agent("stop", tmp_path, **params).returncode == 0
+
+
+def test_a_cutover_holds_pacemaker_off_and_gives_the_resource_back(tmp_path: Path) -> None:
+    """is-managed=false around the block, true and a refresh after it, even when it fails."""
+    from sms_services.runtime.ha import unmanaged
+
+    log = tmp_path / "calls"
+    fake = tmp_path / "crm_resource"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    with pytest.raises(RuntimeError):
+        with unmanaged("sms-services", crm_resource=str(fake)):
+            log.write_text(log.read_text() + "cutover\n")
+            raise RuntimeError("rolled back")
+    assert log.read_text().splitlines() == [
+        "--resource sms-services --meta --set-parameter is-managed --parameter-value false", "cutover",
+        "--resource sms-services --meta --set-parameter is-managed --parameter-value true",
+        "--resource sms-services --refresh"]
