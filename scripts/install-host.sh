@@ -44,9 +44,14 @@ MIN_SINGULARITY=4.1
 # and gpgv let debootstrap verify suites. docker-registry is the OCI registry (the
 # CNCF distribution) that the oras:// library tests start on 127.0.0.1. systemd gives
 # systemd-analyze, which checks the units smsctl unit writes (the host needs no systemd PID 1).
+# pacemaker, corosync, pacemaker-cli-utils and resource-agents run the HA pair (smsctl ha,
+# the OCF agent, ocf-tester in the tests, whose meta-data lint is libxml2-utils' xmllint;
+# iputils-arping: ocf:heartbeat:ethmonitor, which watches the bridges, refuses to run without it);
+# the lab starts them without systemd.
 HOST_PKGS=(squashfs-tools e2fsprogs systemd uidmap containernetworking-plugins debootstrap
   patchelf python3-venv python3-pip git iproute2 iptables ca-certificates curl
-  libseccomp2 libsqlite3-0 squashfuse fuse2fs fuse-overlayfs debian-archive-keyring gpgv xz-utils cpio docker-registry)
+  libseccomp2 libsqlite3-0 squashfuse fuse2fs fuse-overlayfs debian-archive-keyring gpgv xz-utils cpio docker-registry
+  pacemaker corosync pacemaker-cli-utils resource-agents libxml2-utils iputils-arping)
 HINT="install Apptainer >= $MIN_APPTAINER or SingularityCE >= $MIN_SINGULARITY, plus squashfs-tools, e2fsprogs, uidmap, containernetworking-plugins and debootstrap, by hand"
 
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C

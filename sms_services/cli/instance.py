@@ -196,7 +196,14 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     project, apptainer = project_of(args), Apptainer.find()
     old_name = Path(record.source or record.sif).name
     new_sif = sif_of(args, args.to).resolve()
-    with Deployment(project, apptainer, record, jobs=args.jobs) as dep:
+    import contextlib
+
+    from sms_services.runtime.ha import unmanaged
+
+    # Under Pacemaker the cluster must not "recover" the instance the cutover stops; the
+    # resource's start reads the record, so the new image is the resource's from now on.
+    held = unmanaged(args.pacemaker_resource) if args.pacemaker_resource else contextlib.nullcontext()
+    with held, Deployment(project, apptainer, record, jobs=args.jobs) as dep:
         if not dep.running():
             raise UserError(f"instance {args.name} is not running; a cutover replaces a running instance "
                             f"(smsctl start starts one)")
@@ -299,5 +306,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--jobs", action="store_true",
                    help="also run the test-job probes (srun, sbatch, mail, accounting): needs idle nodes")
     s.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    s.add_argument("--pacemaker-resource", metavar="RESOURCE",
+                   help="the instance is this Pacemaker resource (smsctl ha): unmanaged during the cutover, "
+                        "managed and refreshed after it")
     add_trust_args(s)
     s.set_defaults(func=cmd_cutover)

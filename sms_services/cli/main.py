@@ -13,12 +13,12 @@ import argparse
 import sys
 
 from sms_services import __version__
-from sms_services.cli import backup, boot, image, instance, lab, monitor, overlay, release, site, trust
+from sms_services.cli import backup, boot, ha, image, instance, lab, monitor, overlay, release, site, trust
 from sms_services.cli.common import err_console
 from sms_services.errors import UserError
 
 # The order of `smsctl --help`: make an image, prove it, sign and publish it, run it, watch it, keep its state.
-NOUNS = (release, site, image, lab, trust, instance, boot, monitor, overlay, backup)
+NOUNS = (release, site, image, lab, trust, instance, boot, monitor, overlay, backup, ha)
 
 
 def build_parser() -> argparse.ArgumentParser:

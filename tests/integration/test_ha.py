@@ -1,0 +1,275 @@
+"""SMS-services as a Pacemaker resource on an HA pair (two lab hosts, corosync + Pacemaker,
+fencing on): the OCF agent passes ocf-tester, a hung controller is restarted, and a host's
+death moves SMS-services to the other host with a job running across it, never with
+two instances on the overlay. Real Slurm jobs, real daemons; see sms_services/lab/ha.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sms_services.inputs.project import Project
+from sms_services.lab.cluster import Lab
+from sms_services.lab.ha import HOSTS, RESOURCE, HaPair
+from sms_services.lab.verify import open_lab, probe_services
+from sms_services.trust.keys import create_keypair
+from sms_services.trust.signing import sign
+
+pytestmark = pytest.mark.integration
+AGENT_PATH = "/usr/lib/ocf/resource.d/sms-services/instance"  # as installed on each host
+
+
+@pytest.fixture(scope="module")
+def lab(apptainer, project: Project) -> Iterator[Lab]:
+    if not shutil.which("pacemakerd") or not shutil.which("corosync"):
+        pytest.fail("pacemaker/corosync missing: scripts/install-host.sh installs them")
+    with open_lab(project, apptainer, "3.5", name="smsha35") as lab:
+        outcome = probe_services(lab, ready_timeout=90)
+        assert outcome.ok, outcome.failed
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def pair(apptainer, lab: Lab, tmp_path_factory) -> Iterator[HaPair]:
+    """The pair up, the instance recorded on both hosts with a release-signed image, the
+    lab's own SMS-services stopped (the pair runs it from now on, on the same overlay)."""
+    keys = tmp_path_factory.mktemp("hakeys")
+    key, sif = keys / "release", keys / "sms.sif"
+    create_keypair(key)
+    shutil.copyfile(lab.sms_sif, sif)
+    sign(apptainer, sif, key, replaces=None)  # (the build signature: this run's own build)
+    lab.stop_sms()
+    with HaPair(lab) as ha:
+        for host in HOSTS:
+            shutil.copyfile(f"{key}.pub", ha.work / host / "config/trusted/release.pub")
+        ha.record(sif)
+        yield ha
+
+
+def submit(lab: Lab, seconds: int, tag: str) -> str:
+    """A batch job on c1 (submitted from the node: the controller may be on either host)."""
+    rc, out, err = lab.on_node("c1", ["sbatch", "--parsable", "-w", "c1", "-o", f"/tmp/{tag}.out", "--wrap",
+                                      f"sleep {seconds}; echo {tag}-finished"])
+    assert rc == 0, err
+    return out.strip()
+
+
+def finished_ok(lab: Lab, job: str, tag: str, timeout: float = 120) -> str:
+    """'' when ``job`` completed with exit 0 and its output, else what went wrong."""
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        _, state, _ = lab.on_node("c1", ["scontrol", "-o", "show", "job", job])
+        if "JobState=COMPLETED" in state:
+            break
+        if any(f"JobState={s}" in state for s in ("FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT")):
+            return f"job {job}: {state[:300]}"
+        time.sleep(1)
+    else:
+        return f"job {job} did not finish: {state[:300]}"
+    if "ExitCode=0:0" not in state:
+        return f"job {job} exit code: {state[:300]}"
+    _, out, err = lab.on_node("c1", ["cat", f"/tmp/{tag}.out"])
+    return "" if out.strip() == f"{tag}-finished" else f"job {job} output: {out!r} {err!r}"
+
+
+def probe_green(ha: HaPair, host: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    """smsctl probe on ``host`` until every probe passes (the services come up in order)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = ha.smsctl_on(host, "probe", "--name", ha.instance, "--timeout", "5")
+        if r.returncode == 0 or time.monotonic() > deadline:
+            return r
+        time.sleep(1)
+
+
+class Writers:
+    """Samples, every 0.1 s, how many loop devices the kernel has on the overlay file (one
+    per Apptainer instance that mounted it): the check that two never held it at once."""
+
+    def __init__(self, overlay: Path) -> None:
+        self.overlay, self.most, self.samples = overlay, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            out = subprocess.run(["losetup", "--noheadings", "-O", "NAME", "-j", str(self.overlay)],
+                                 capture_output=True, text=True).stdout
+            self.most = max(self.most, len(out.split()))
+            self.samples += 1
+            time.sleep(0.1)
+
+    def __enter__(self) -> Writers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_the_resource_agent_passes_ocf_tester(pair: HaPair) -> None:
+    """resource-agents' own conformance test, on a host of the pair, against the recorded
+    instance (real starts and stops: the agent waits for slurmctld to answer)."""
+    r = pair.run("hosta", ["ocf-tester", "-n", "smsha-test", "-o", f"name={pair.instance}",
+                           "-o", f"smsctl={pair.smsctl}", "-o", f"state_dir={pair.state_dir}",
+                           "-o", f"config_dir={pair.config_dir}",
+                           "-o", f"apptainer_config={pair.lab.work / 'apptainer.conf'}", AGENT_PATH],
+                 timeout=900)
+    assert r.returncode == 0 and "passed all tests" in r.stdout, r.stdout + r.stderr
+    assert pair.smsctl_on("hosta", "ha", "monitor", "--name", pair.instance).returncode == 7  # left stopped
+
+
+@pytest.fixture(scope="module")
+def cluster(pair: HaPair) -> HaPair:
+    """The configuration smsctl ha config --apply makes; SMS-services started by Pacemaker."""
+    pair.configure()
+    r = pair.run("hosta", ["crm_attribute", "--type", "crm_config", "--name", "stonith-enabled", "--query"])
+    assert "value=true" in r.stdout, r.stdout + r.stderr  # fencing on in every test
+    host = pair.wait_located(timeout=180)
+    assert probe_green(pair, host).returncode == 0
+    return pair
+
+
+def test_a_hung_controller_is_restarted_by_pacemaker(cluster: HaPair) -> None:
+    ha, lab = cluster, cluster.lab
+    host = ha.wait_located()
+    job = submit(lab, 40, "across-hang")
+    time.sleep(2)
+    hung = ha.pids_named(host, "slurmctld")
+    assert len(hung) == 1, hung
+    os.kill(hung[0], signal.SIGSTOP)  # alive, holding its port, answering nobody
+    assert ha.smsctl_on(host, "ha", "monitor", "--name", ha.instance, "--timeout", "3").returncode == 1
+    t = time.monotonic()
+    deadline = t + 120
+    while time.monotonic() < deadline:  # Pacemaker's monitor fails, it stops and starts the instance
+        out = ha.run(host, ["crm_mon", "-1", "--include=failcounts"], timeout=30).stdout
+        if "monitor" in out and ha.smsctl_on(host, "ha", "monitor", "--name", ha.instance).returncode == 0:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"not recovered: {ha.status()}")
+    recovered = time.monotonic() - t
+    r = probe_green(ha, ha.located())
+    assert r.returncode == 0, r.stdout + r.stderr
+    print(f"hung controller: running and answering again {recovered:.1f} s after the SIGSTOP")
+    assert finished_ok(lab, job, "across-hang") == ""
+    ha.run(host, ["crm_resource", "--cleanup", "--resource", RESOURCE])
+
+
+def test_a_planned_move_keeps_a_running_job(cluster: HaPair) -> None:
+    """crm_resource --move: a clean stop frees the lease, so the other host starts at once."""
+    ha, lab = cluster, cluster.lab
+    src = ha.wait_located()
+    dst = next(h for h in HOSTS if h != src)
+    job = submit(lab, 25, "across-move")
+    time.sleep(2)
+    with Writers(lab.sms_overlay) as writers:
+        t = time.monotonic()
+        r = ha.run(src, ["crm_resource", "--move", "--resource", RESOURCE, "--node", dst])
+        assert r.returncode == 0, r.stderr
+        assert ha.wait_located(timeout=120, not_on=src) == dst
+        moved = time.monotonic() - t
+        r = probe_green(ha, dst)
+        green = time.monotonic() - t
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert writers.most == 1, writers.most
+    ha.run(dst, ["crm_resource", "--clear", "--resource", RESOURCE])  # no lasting preference
+    print(f"planned move: started on {dst} {moved:.1f} s, every probe green {green:.1f} s after --move")
+    assert finished_ok(lab, job, "across-move") == ""
+
+
+def test_a_network_split_leaves_exactly_one_instance(cluster: HaPair) -> None:
+    """The corosync link cut, both hosts alive: each tries to fence the other; the host
+    running SMS-services wins (priority-fencing-delay), keeps it, and the job finishes."""
+    ha, lab = cluster, cluster.lab
+    active = ha.wait_located()
+    other = next(h for h in HOSTS if h != active)
+    job = submit(lab, 30, "across-split")
+    time.sleep(2)
+    with Writers(lab.sms_overlay) as writers:
+        ha.link(active, up=False)
+        deadline = time.monotonic() + 90
+        while ha.alive(other) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not ha.alive(other) and ha.alive(active), ha.status()
+        ha.link(active, up=True)
+        time.sleep(3)
+        assert ha.located() == active, ha.status()
+        r = probe_green(ha, active)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert writers.most == 1, writers.most
+    assert finished_ok(lab, job, "across-split") == ""
+    ha.boot(other)  # the fenced host comes back: the pair is whole for the next test
+    assert ha.located() == active  # stickiness: it does not pull SMS-services over
+
+
+def test_host_death_fences_it_and_the_other_host_takes_over(cluster: HaPair) -> None:
+    ha, lab = cluster, cluster.lab
+    dead = ha.wait_located()
+    survivor = next(h for h in HOSTS if h != dead)
+    job = submit(lab, 45, "across-host-death")
+    time.sleep(3)
+    with Writers(lab.sms_overlay) as writers:
+        t0 = time.monotonic()
+        ha.power_off(dead)  # every process of the host, SIGKILL
+        assert not ha.alive(dead)
+        fenced = started = 0.0
+        deadline = t0 + 180
+        while time.monotonic() < deadline and not started:
+            if not fenced:
+                hist = ha.run(survivor, ["stonith_admin", "--history", dead, "--output-as=xml"], timeout=30).stdout
+                if 'status="success"' in hist:
+                    fenced = time.monotonic() - t0
+            if ha.located() == survivor:
+                started = time.monotonic() - t0
+            time.sleep(0.25)
+        assert fenced and started, ha.status()
+        r = probe_green(ha, survivor)
+        green = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert writers.samples > 100 and writers.most == 1, (writers.samples, writers.most)
+    assert finished_ok(lab, job, "across-host-death", timeout=180) == ""
+    hist = ha.run(survivor, ["stonith_admin", "--history", dead]).stdout
+    assert "successful" in hist or "success" in hist, hist
+    timings = {"corosync_token_ms": ha.token_ms, "fenced_s": round(fenced, 1), "started_s": round(started, 1),
+               "probes_green_s": round(green, 1)}
+    print("host death:", json.dumps(timings))
+
+
+def test_cutover_under_pacemaker_keeps_a_running_job(cluster: HaPair, tmp_path: Path) -> None:
+    """smsctl cutover --pacemaker-resource: the cluster leaves the stopped instance alone,
+    the record (which the resource's start reads) names the new image, no failure remains.
+    Last in the module: the instance a cutover starts is smsctl's child, and smsctl runs
+    by nsenter, outside the lab host's process tree, so a later host death would miss it."""
+    ha, lab = cluster, cluster.lab
+    host = ha.wait_located()
+    record = json.loads((ha.work / host / "state/instances" / f"{ha.instance}.json").read_text())
+    job = submit(lab, 25, "across-ha-cutover")
+    time.sleep(2)
+    with Writers(lab.sms_overlay) as writers:
+        r = ha.smsctl_on(host, "cutover", "--name", ha.instance, "--to", record["source"],
+                         "--pacemaker-resource", RESOURCE, "--json", str(tmp_path / "cutover.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert writers.most == 1, writers.most
+    gap = json.loads((tmp_path / "cutover.json").read_text())["gap_s"]
+    print(f"cutover under Pacemaker: service gap {gap} s")
+    time.sleep(12)  # a monitor interval: Pacemaker has looked again
+    out = ha.run(host, ["crm_mon", "-1", "--output-as=xml"]).stdout
+    assert ha.located() == host and "<failure " not in out, out[-1500:]
+    assert re.search(rf'<resource id="{RESOURCE}" [^>]*managed="true"', out), out[-1500:]
+    after = json.loads((ha.work / host / "state/instances" / f"{ha.instance}.json").read_text())
+    assert after["started"] != record["started"]  # the cutover's start, recorded for the resource
+    assert probe_green(ha, host).returncode == 0
+    assert finished_ok(lab, job, "across-ha-cutover") == ""
