@@ -177,10 +177,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_cutover(args: argparse.Namespace) -> int:
+    import contextlib
+
     from sms_services.apptainer import Apptainer
     from sms_services.probes.report import print_table
     from sms_services.runtime.cutover import cutover
     from sms_services.runtime.deploy import Deployment, Record, images_dir
+    from sms_services.runtime.ha import unmanaged
     from sms_services.runtime.pin import checked
     from sms_services.runtime.units import unit_name
 
@@ -196,10 +199,6 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     project, apptainer = project_of(args), Apptainer.find()
     old_name = Path(record.source or record.sif).name
     new_sif = sif_of(args, args.to).resolve()
-    import contextlib
-
-    from sms_services.runtime.ha import unmanaged
-
     # Under Pacemaker the cluster must not "recover" the instance the cutover stops; the
     # resource's start reads the record, so the new image is the resource's from now on.
     held = unmanaged(args.pacemaker_resource) if args.pacemaker_resource else contextlib.nullcontext()
