@@ -47,7 +47,7 @@ from sms_services.runtime.instance import (
     stop_instance,
     write_network,
 )
-from sms_services.runtime.lease import acquire, spawn_renewer
+from sms_services.runtime.lease import acquire, renewer_gone, spawn_renewer
 from sms_services.runtime.lease import release as release_lease
 from sms_services.runtime.lease import read as read_lease
 from sms_services.runtime.overlay import read_overlay_file
@@ -316,7 +316,13 @@ def records() -> list[Record]:
 def stop(project: Project, apptainer: Apptainer, name: str) -> float:
     with Deployment(project, apptainer, Record.load(name)) as dep:
         if not dep.running():
-            # A crash left its lease: free the overlay for another host, as a clean stop would.
+            # A crash left its lease: free the overlay for another host, as a clean stop would;
+            # but not while its renewer still watches a live instance process (a false "not
+            # running" here would let Pacemaker start a second writer elsewhere).
+            if dep.record.lease_token and not renewer_gone(dep.sms_overlay, dep.record.lease_token):
+                raise UserError(f"instance {name}: Apptainer does not list it, but its lease renewer still "
+                                "watches a live instance process; the lease stays: look at `apptainer instance "
+                                f"list` and the processes of {name}, then stop again")
             freed = bool(dep.record.lease_token) and release_lease(dep.sms_overlay, dep.record.lease_token)
             raise UserError(f"instance {name} is not running" + ("; its lease on the overlay is released" if freed
                                                                  else ""))

@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 
 from sms_services.apptainer import Apptainer
+from sms_services.errors import UserError
 from sms_services.inputs.project import Project
 from sms_services.runtime.deploy import Record
 from sms_services.runtime.instance import caps_of, exec_command, instance_pids
@@ -29,7 +30,16 @@ class State:
 
 def controller_state(project: Project, apptainer: Apptainer, name: str, *, timeout: float = 5) -> State:
     """OCF_SUCCESS when ``name`` runs and its slurmctld answers, OCF_NOT_RUNNING when the
-    instance does not run, OCF_ERR_GENERIC when it runs but its controller does not answer."""
+    instance does not run, OCF_ERR_GENERIC when it runs but its controller does not answer,
+    or when whether it runs cannot be told (never "not running" on a guess: Pacemaker would
+    start it elsewhere while it writes on)."""
+    try:
+        return _state(project, apptainer, name, timeout)
+    except UserError as err:
+        return State(OCF_ERR_GENERIC, str(err))
+
+
+def _state(project: Project, apptainer: Apptainer, name: str, timeout: float) -> State:
     record = Record.load(name)
     if not instance_pids(apptainer, name):
         return State(OCF_NOT_RUNNING, f"instance {name} is not running")

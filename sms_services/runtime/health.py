@@ -127,7 +127,11 @@ def check(project: Project, apptainer: Apptainer, name: str, *, probe_timeout: f
         health.overlay_used, health.overlay_size = usage(Path(record.overlay))
     except (UserError, OSError, KeyError, ValueError):
         pass
-    health.running = bool(instance_pids(apptainer, name))
+    try:
+        health.running = bool(instance_pids(apptainer, name))
+    except UserError as err:  # cannot tell: UNKNOWN, never a guess
+        health.problem = str(err)
+        return health
     if not health.running:
         return health
     try:

@@ -118,10 +118,14 @@ class RunsCommands:
 def instance_list(apptainer: Apptainer, name: str = "") -> dict[str, int]:
     """Running instances (matching ``name``, if given) -> their pid."""
     res = apptainer.run(["instance", "list", "--json", *([name] if name else [])], timeout=30)
+    # Never "none" for "could not tell": a false "not running" would let a stop free the
+    # overlay's lease, or Pacemaker start a second writer, while the instance writes on.
     try:
+        if res.returncode != 0:
+            raise ValueError(last_line(res.stderr) or f"exit code {res.returncode}")
         return {i["instance"]: int(i["pid"]) for i in json.loads(res.stdout or "{}").get("instances", [])}
-    except (ValueError, KeyError):
-        return {}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"apptainer instance list failed ({err}); cannot tell which instances run") from None
 
 
 def instance_pids(apptainer: Apptainer, instance: str) -> list[int]:

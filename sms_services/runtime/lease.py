@@ -246,6 +246,21 @@ def release(overlay: Path, token: str) -> bool:
     return True
 
 
+def renewer_gone(overlay: Path, token: str, wait: float = 2 * INTERVAL,
+                 sleep: Callable[[float], None] = time.sleep) -> bool:
+    """No live renewer of this host holds ``token`` any more. A renewer notices its
+    instance's death within one interval, so one that lives on past ``wait`` watches a
+    live instance process, whatever else said it was gone."""
+    deadline = time.monotonic() + wait
+    while True:
+        cur = _still_mine(overlay, token)
+        if cur is None or cur.holder != host_id() or not _ours(cur.renewer) or cur.renewer == os.getpid():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        sleep(0.25)
+
+
 def renew_once(overlay: Path, token: str) -> bool:
     """Bump the sequence; False if the lease is no longer ours."""
     cur = _still_mine(overlay, token)

@@ -114,3 +114,21 @@ def test_smsctl_probe_exits_unknown_with_one_line(tmp_path: Path, monkeypatch, c
     assert main(["probe", "--name", "../x"]) == hl.UNKNOWN
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("SMS-SERVICES UNKNOWN - ../x: instance name"), out
+
+
+def test_an_instance_list_that_fails_is_never_taken_for_no_instance(tmp_path: Path, monkeypatch) -> None:
+    """A false "not running" would let a stop free the lease (or Pacemaker start a second writer)."""
+    from sms_services.apptainer import Result
+    from sms_services.runtime.ha_monitor import OCF_ERR_GENERIC, controller_state
+    from sms_services.runtime.instance import instance_list
+
+    class Broken:
+        def run(self, args: list[str], **kw: object) -> Result:
+            return Result(255, "", "FATAL: could not read instance files")
+
+    with pytest.raises(UserError, match=r"apptainer instance list failed \(.*could not read instance files\)"):
+        instance_list(Broken())  # type: ignore[arg-type]
+    monkeypatch.setenv("SMS_STATE_DIR", str(tmp_path))
+    Record("sms", "x.sif", "3.5", "o.img", "site.yaml", "br-p", "br-u").save()
+    state = controller_state(None, Broken(), "sms")  # type: ignore[arg-type]
+    assert state.code == OCF_ERR_GENERIC and "instance list failed" in state.detail

@@ -202,3 +202,24 @@ def test_a_planted_link_or_junk_at_the_lease_is_one_line(overlay: Path, monkeypa
     os.mkfifo(ls.lease_path(overlay))  # would hang an open without O_NONBLOCK
     with pytest.raises(UserError, match="not a regular file"):
         ls.acquire(overlay, "sms")
+
+
+def test_a_stop_waits_for_a_renewer_that_still_watches_a_live_instance(overlay: Path, monkeypatch) -> None:
+    """`smsctl stop` of an instance Apptainer did not list frees the lease only once no renewer
+    of this host holds it: a renewer outliving its wait watches a live instance process."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(ls, "host_id", lambda: "hostA")
+    held = ls.acquire(overlay, "sms", interval=FAST)
+    renewer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "smsctl"])
+    try:
+        cur = ls.read(overlay)
+        assert cur is not None
+        cur.renewer = renewer.pid
+        ls._write(overlay, cur)
+        assert not ls.renewer_gone(overlay, held.token, wait=0.3)
+    finally:
+        renewer.kill()
+        renewer.wait()
+    assert ls.renewer_gone(overlay, held.token, wait=0.3)
