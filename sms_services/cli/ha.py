@@ -20,12 +20,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     sections = render(load_config(Path(args.config)))
     if args.apply:
         apply(sections)
-        err_console.print("applied crm_config, resources and constraints with cibadmin "
+        err_console.print("applied crm_config, resources and constraints in one cibadmin transaction "
                           "(crm_mon -1 shows the result)", markup=False)
         return 0
     sys.stdout.write(to_text(sections))
     err_console.print("smsctl: read it, then apply it with smsctl ha config --apply on one host of the pair "
-                      "(cibadmin --modify --allow-create per section)", markup=False)
+                      "(one cibadmin --modify --allow-create of the whole configuration)", markup=False)
     return 0
 
 

@@ -79,8 +79,9 @@ def load_config(path: Path) -> HaConfig:
     if not INSTANCE_NAME.fullmatch(instance):
         raise f.fail("instance", "must be an instance name (letters, digits, '.', '_', '-')")
     resource = f.str("resource", "sms-services")
-    if not INSTANCE_NAME.fullmatch(resource):
-        raise f.fail("resource", "must be letters, digits, '.', '_' and '-'")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}", resource) or resource.startswith("fence-"):
+        raise f.fail("resource", "must be a CIB id: a letter or '_' first, then letters, digits, '.', '_' "
+                                 "and '-' (and not fence-..., the fencing devices' ids)")
     paths = {}
     for key in ("smsctl", "state_dir", "config_dir", "apptainer_config"):
         value = f.str(key, "", required=key == "smsctl")
@@ -94,6 +95,8 @@ def load_config(path: Path) -> HaConfig:
                                           f"found {one_line(bridge)!r}")
     if not bridges:
         raise f.fail("bridges", "is empty; name the provisioning and public bridges")
+    if len(set(bridges)) != len(bridges):
+        raise f.fail("bridges", "names a bridge twice")
     numbers = {}
     for key, default, low in (("monitor_interval", 10, 1), ("ping_timeout", 5, 1), ("stickiness", 100, 0),
                               ("fencing_delay", 5, 0)):
@@ -119,6 +122,8 @@ def load_config(path: Path) -> HaConfig:
             if not isinstance(key, str) or not PARAM.fullmatch(key):
                 raise fence.fail(str(key), "is not a fence agent parameter name (letters, digits, _ -)")
             params[key] = fence.str(key, required=True)
+            if not params[key].isprintable():
+                raise fence.fail(str(key), "must be one line of printable characters")
         nodes.append(HaNode(name, agent, params))
     if len(nodes) != 2:
         raise f.fail("nodes", f"must list the two hosts of the pair, found {len(nodes)}")
@@ -215,7 +220,16 @@ def render(cfg: HaConfig) -> dict[str, ET.Element]:
                       operation="not_defined")
         ET.SubElement(rule, "expression", id=xml_id(rid, "bridge", bridge, "down"), attribute=attr,
                       operation="lte", value="0", type="integer")
-    return {"crm_config": crm, "resources": resources, "constraints": constraints}
+    sections = {"crm_config": crm, "resources": resources, "constraints": constraints}
+    # Ids made from names can meet ("br0" + "-params" is a bridge "br0-params"'s too): a
+    # --modify would then merge two objects into one, so refuse rather than render.
+    seen: set[str] = set()
+    for el in (e for sec in sections.values() for e in sec.iter() if "id" in e.attrib):
+        if el.attrib["id"] in seen:
+            raise UserError(f"ha.yaml: two Pacemaker objects would have the id {el.attrib['id']!r}; "
+                            "rename the resource, a bridge or a host")
+        seen.add(el.attrib["id"])
+    return sections
 
 
 def to_text(sections: dict[str, ET.Element]) -> str:
@@ -230,17 +244,23 @@ def to_text(sections: dict[str, ET.Element]) -> str:
 
 def apply(sections: dict[str, ET.Element], *, cibadmin: str = "cibadmin",
           prefix: list[str] | None = None) -> None:
-    """Each section with cibadmin --modify --allow-create (added or updated by id)."""
+    """The whole ``<configuration>`` in one ``cibadmin --modify --allow-create`` (one CIB
+    transaction: fencing is never switched on without its devices), through stdin: the
+    fence devices' passwords must not show in any process's command line."""
+    root = ET.Element("configuration")
     for name in SECTIONS:
-        text = ET.tostring(sections[name], encoding="unicode")
-        cmd = [*(prefix or []), cibadmin, "--modify", "--allow-create", "--scope", name, "--xml-text", text]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        except FileNotFoundError:
-            raise UserError("cibadmin: not found; install pacemaker-cli-utils (scripts/install-host.sh does)") from None
-        if proc.returncode != 0:
-            raise UserError(f"cibadmin --modify --scope {name} failed: "
-                            f"{one_line((proc.stderr or proc.stdout).strip()[:300])}; nothing after it was applied")
+        root.append(sections[name])
+    cmd = [*(prefix or []), cibadmin, "--modify", "--allow-create", "--scope", "configuration", "--xml-pipe"]
+    try:
+        proc = subprocess.run(cmd, input=ET.tostring(root, encoding="unicode"), capture_output=True, text=True,
+                              timeout=60)
+    except FileNotFoundError:
+        raise UserError("cibadmin: not found; install pacemaker-cli-utils (scripts/install-host.sh does)") from None
+    except subprocess.TimeoutExpired:
+        raise UserError("cibadmin --modify did not answer within 60 s; is the cluster up (crm_mon -1)?") from None
+    if proc.returncode != 0:
+        raise UserError(f"cibadmin --modify --scope configuration failed: "
+                        f"{one_line((proc.stderr or proc.stdout).strip()[:300])}; nothing was applied")
 
 
 @contextlib.contextmanager

@@ -61,7 +61,7 @@ def test_hostile_values_stay_attribute_values(tmp_path: Path) -> None:
     data = yaml.safe_load((GOLDEN / "ha.yaml").read_text())
     evil = 'x"/><primitive id="evil" class="ocf"/><x a="'
     data["nodes"][0]["name"] = evil + "\ninfra3"
-    data["nodes"][1]["fence"]["password"] = "p'\"<&>\n</nvpair>"
+    data["nodes"][1]["fence"]["password"] = "p'\"<&></nvpair>"
     path = tmp_path / "ha.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(UserError, match="nodes\\[0\\].name"):
@@ -74,7 +74,7 @@ def test_hostile_values_stay_attribute_values(tmp_path: Path) -> None:
     prims = [p.get("id") for p in root.iter("primitive")]
     assert len(prims) == 5 and all('"' not in p and "<" not in p for p in prims), prims
     values = {nv.get("name"): nv.get("value") for nv in root.iter("nvpair")}
-    assert values["password"] == "p'\"<&>\n</nvpair>"  # ...a value keeps what it says, escaped
+    assert values["password"] == "p'\"<&></nvpair>"  # ...a value keeps what it says, escaped
     hosts = sorted(nv.get("value") for nv in root.iter("nvpair") if nv.get("name") == "pcmk_host_list")
     assert hosts == sorted([evil, "infra2"])
 
@@ -112,7 +112,7 @@ def test_apply_without_a_cluster_is_one_line(tmp_path: Path, capsys) -> None:
     proc = subprocess.run([sys.executable, "-m", "sms_services.cli.main", "ha", "config", "--apply",
                            str(GOLDEN / "ha.yaml")], capture_output=True, text=True, cwd=ROOT, env=env)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "cibadmin --modify --scope crm_config failed: Could not connect" in proc.stderr
+    assert "cibadmin --modify --scope configuration failed: Could not connect" in proc.stderr
 
 
 # --- the OCF agent ------------------------------------------------------------------------
@@ -200,3 +200,31 @@ def test_a_cutover_holds_pacemaker_off_and_gives_the_resource_back(tmp_path: Pat
         "--resource sms-services --meta --set-parameter is-managed --parameter-value false", "cutover",
         "--resource sms-services --meta --set-parameter is-managed --parameter-value true",
         "--resource sms-services --refresh"]
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"resource": "1sms"}, "field 'resource'"),
+    ({"resource": "fence-infra1"}, "field 'resource'"),
+    ({"bridges": ["br0", "br0"]}, "names a bridge twice"),
+    ({"bridges": ["br0", "br0-params"]}, "two Pacemaker objects would have the id"),
+])
+def test_names_that_would_merge_or_break_cib_objects_are_refused(tmp_path: Path, change: dict, expect: str) -> None:
+    import yaml
+
+    data = {**yaml.safe_load((GOLDEN / "ha.yaml").read_text()), **change}
+    path = tmp_path / "ha.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match=expect.replace("'", ".")) as err:
+        render(load_config(path))
+    assert "\n" not in str(err.value)
+
+
+def test_a_line_break_in_a_fence_value_is_refused(tmp_path: Path) -> None:
+    import yaml
+
+    data = yaml.safe_load((GOLDEN / "ha.yaml").read_text())
+    data["nodes"][0]["fence"]["username"] = "admin\nport=infra2"  # a fence agent reads one option a line
+    path = tmp_path / "ha.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match="must be one line of printable characters"):
+        load_config(path)
