@@ -64,6 +64,7 @@ def render_fragment(project: Project, name: str) -> str:
             for v in frag.site]
     out += [f"probe: {probe_name(p)}" + (f" (needs {', '.join(sorted(KINDS[p.kind].needs))})"
                                          if p.kind in KINDS and KINDS[p.kind].needs else "")
+            + (f" (when site {p.when} is on)" if p.when else "")
             for p in frag.probes]
     out += [f"break {b.name}: {b.doc} -> fails {' '.join(b.fails)}" for b in frag.breaks]
     out += ["", "## %files"]
