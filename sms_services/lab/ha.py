@@ -134,12 +134,18 @@ class HaPair:
         """Power both hosts off (their instances too); the lab's teardown removes the rest.
         An instance started by a command run on a host (``run``: nsenter, outside the
         host's process tree) is stopped by smsctl first, or it would outlive the host."""
-        for host in HOSTS:
+        for host in HOSTS:  # each step on its own: the power-off below must always run
             if host in self.root_pid and self.alive(host):
-                self.smsctl_on(host, "stop", "--name", self.instance, timeout=120)
+                try:
+                    self.smsctl_on(host, "stop", "--name", self.instance, timeout=120)
+                except (OSError, subprocess.SubprocessError, UserError):
+                    pass
         for host in HOSTS:
             if host in self.root_pid:
-                self.power_off(host)
+                try:
+                    self.power_off(host)
+                except (OSError, subprocess.SubprocessError, UserError):
+                    pass
         for proc in self._procs:
             try:
                 proc.wait(5)
@@ -189,7 +195,8 @@ class HaPair:
                                 start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         self._procs.append(proc)
         self.root_pid[host] = proc.pid
-        (self.power / f"{host}.pid").write_text(str(proc.pid))
+        # With its start time: the fence agent must never kill whatever reuses the pid later.
+        (self.power / f"{host}.pid").write_text(f"{proc.pid} {_start_time(proc.pid)}")
         deadline = time.monotonic() + 60
         while not (hw / "ready").exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -306,3 +313,11 @@ class HaPair:
         return self.run(host, [self.lab.apptainer.binary, "exec", "--no-privs", "--pwd", "/",
                                f"instance://{self.instance}", *cmd], timeout=timeout,
                         env={"APPTAINER_CONFIG_FILE": str(self.lab.work / "apptainer.conf")})
+
+
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat: when the process started (ticks since boot)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "0"

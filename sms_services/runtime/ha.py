@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 import xml.etree.ElementTree as ET
@@ -279,9 +280,25 @@ def unmanaged(resource: str, *, crm_resource: str = "crm_resource") -> Iterator[
             raise UserError(f"crm_resource --resource {resource} {' '.join(args)} failed: "
                             f"{one_line((proc.stderr or proc.stdout).strip()[:300])}")
 
+    # A hang-up or a kill of the admin's session must still hand the resource back:
+    # left unmanaged, the survivor would never take over after a host death.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     crm("--meta", "--set-parameter", "is-managed", "--parameter-value", "false")
     try:
         yield
     finally:
-        crm("--meta", "--set-parameter", "is-managed", "--parameter-value", "true")
-        crm("--refresh")
+        failed: UserError | None = None
+        for step in (("--meta", "--set-parameter", "is-managed", "--parameter-value", "true"), ("--refresh",)):
+            try:  # each step on its own; the first failure is reported after both were tried
+                crm(*step)
+            except UserError as err:
+                failed = failed or UserError(f"{err}; set it by hand: crm_resource --resource {resource} "
+                                             "--meta --set-parameter is-managed --parameter-value true")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if failed is not None:
+            raise failed
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -159,7 +159,9 @@ def recorded(tmp_path: Path, name: str = "sms-services") -> dict[str, str]:
     ({"name": "a\nb"}, 6, "name: use up to 63"),
     ({"name": "a" * 64}, 6, "name: use up to 63"),
     ({"take_over": "maybe"}, 6, "take_over 'maybe'"),
+    ({"take_over": "Yes"}, 6, "take_over 'Yes'"),  # ocf_is_true would read it as false
     ({"ping_timeout": "0"}, 6, "ping_timeout '0'"),
+    ({"ping_timeout": "05"}, 6, "ping_timeout '05'"),
     ({"smsctl": "/nonexistent/smsctl"}, 5, "smsctl '/nonexistent/smsctl' not found"),
     ({"name": "other"}, 5, "no instance other recorded on this host"),
 ])
