@@ -57,11 +57,22 @@ def pair(apptainer, lab: Lab, tmp_path_factory) -> Iterator[HaPair]:
 
 
 def submit(lab: Lab, seconds: int, tag: str) -> str:
-    """A batch job on c1 (submitted from the node: the controller may be on either host)."""
+    """A batch job on c1 (submitted from the node: the controller may be on either host),
+    returned once it runs: a controller killed while slurmd still answers its launch
+    request fails the launch (the job ends FAILED at once, not the failover's doing)."""
     rc, out, err = lab.on_node("c1", ["sbatch", "--parsable", "-w", "c1", "-o", f"/tmp/{tag}.out", "--wrap",
                                       f"sleep {seconds}; echo {tag}-finished"])
     assert rc == 0, err
-    return out.strip()
+    job = out.strip()
+    deadline = time.monotonic() + 30
+    state = ""
+    while time.monotonic() < deadline:
+        state = lab.on_node("c1", ["scontrol", "-o", "show", "job", job])[1]
+        if "JobState=RUNNING" in state:
+            time.sleep(2)  # the launch's answer to slurmctld is sent
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job} did not start: {state.strip()[:300]}")
 
 
 def finished_ok(lab: Lab, job: str, tag: str, timeout: float = 120) -> str:
