@@ -22,7 +22,9 @@ if TYPE_CHECKING:  # cryptography is imported only by the commands that sign
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 # Pipes and CI logs get a wide console: a table cut to 80 columns hides the facts.
-out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+# soft_wrap: a line of text (a path, a refusal) stays one line, for grep and for logs;
+# tables still fit the width (their columns wrap on their own).
+out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 140, soft_wrap=True)
 
 
 def project_of(args: argparse.Namespace) -> Project:

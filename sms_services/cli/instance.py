@@ -44,18 +44,17 @@ def cmd_init(args: argparse.Namespace) -> int:
                     force=args.force, apptainer=apptainer,
                     from_sms=Path(args.from_sms) if args.from_sms else None,
                     keep_slurm_conf=args.keep_slurm_conf, dry_run=args.dry_run,
-                    # soft_wrap: one line per import, change or refusal, however long its paths
-                    say=lambda s: out_console.print(s, markup=False, soft_wrap=True))
+                    say=lambda s: out_console.print(s, markup=False))
     if made is None:
         out_console.print("dry run: nothing was written", markup=False)
         return 0
     out_console.print(f"made {made.overlay} ({made.size_mib} MiB, sparse) for release {made.release}: "
-                      f"{len(made.files)} site files, {made.folders} folders", markup=False, soft_wrap=True)
+                      f"{len(made.files)} site files, {made.folders} folders", markup=False)
     if made.new_key:
         out_console.print("a new munge key is in the overlay: the nodes need the same one "
-                          f"(debugfs -R 'cat /upper/etc/munge/munge.key' {made.overlay} > munge.key)", markup=False, soft_wrap=True)
+                          f"(debugfs -R 'cat /upper/etc/munge/munge.key' {made.overlay} > munge.key)", markup=False)
     out_console.print(f"next: smsctl start {args.sif} --overlay {made.overlay} --site {args.site} "
-                      "--provision-bridge BRIDGE --public-bridge BRIDGE", markup=False, soft_wrap=True)
+                      "--provision-bridge BRIDGE --public-bridge BRIDGE", markup=False)
     return 0
 
 
