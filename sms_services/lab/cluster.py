@@ -124,6 +124,15 @@ class Lab(SmsTarget):
     def sms_instance(self) -> str:
         return f"{self.name}-sms"
 
+    def node_instance(self, node: str) -> str:
+        # "-node-": a site may name a node "sms", which is SMS-services' own instance.
+        return f"{self.name}-node-{node}"
+
+    @property
+    def node_exec(self) -> str:
+        """`smsctl --node-exec` for this lab: a command run on a node through its instance."""
+        return f"{self.apptainer.binary} exec --no-privs --pwd / instance://{self.node_instance('{node}')} /bin/sh -c"
+
     # --- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> Lab:
         if os.geteuid() != 0:
@@ -383,7 +392,7 @@ class Lab(SmsTarget):
             name, ip = str(node["name"]), str(node["address"])
             overlay = self.work / f"{name}-overlay.img"
             self._node_overlay(overlay)
-            instance = f"{self.name}-{name}"
+            instance = self.node_instance(name)
             self._start_instance(self.compute_sif, instance, name, overlay, caps_of(self.compute_fragments),
                                  [(f"{self.name}-node", f"{ip}/{self.prefix}", None)],
                                  ["--bind", "/sys/fs/cgroup"])

@@ -56,7 +56,7 @@ mount -t tmpfs -o size=16m,mode=0755 farm-spool /var/spool/slurmd &&
 exec slurmd -D -N "$0" --conf-server "$1"'
 mkdir -p /farm/munge-run
 while read -r name; do
-    nsenter --net="/farm/netns/$lab-$name" unshare -m sh -c "$node" "$name" "$server" \
+    nsenter --net="/farm/netns/$lab-n-$name" unshare -m sh -c "$node" "$name" "$server" \
         >"/farm/logs/$name.log" 2>&1 &
 done </farm/nodes
 echo started >/farm/logs/started
@@ -92,7 +92,8 @@ class Farm:
     proc: subprocess.Popen | None = None
 
     def netns(self, node: FarmNode) -> str:
-        return f"{self.lab}-{node.name}"
+        # "-n-": a site may name a node "pub" or "mgmt", which are the lab's own namespaces.
+        return f"{self.lab}-n-{node.name}"
 
     def network(self) -> None:
         """A namespace and a veth on the provisioning bridge per node (batched: seconds for hundreds)."""

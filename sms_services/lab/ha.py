@@ -107,8 +107,7 @@ class HaPair:
         # The compute nodes are instances of the machine, not of a host: Apptainer finds
         # them by the machine's host name, so the command leaves the host's UTS namespace
         # for the lab's (this process's, which lives as long as the lab).
-        return (f"nsenter --uts=/proc/{os.getpid()}/ns/uts {self.lab.apptainer.binary} exec --no-privs --pwd / "
-                f"instance://{self.lab.name}-{{node}} /bin/sh -c")
+        return f"nsenter --uts=/proc/{os.getpid()}/ns/uts {self.lab.node_exec}"
 
     def env(self) -> dict[str, str]:
         return {"SMS_STATE_DIR": str(self.state_dir), "SMS_CONFIG_DIR": str(self.config_dir),

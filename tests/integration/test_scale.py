@@ -8,7 +8,9 @@ controller is replaced, so the new one must read them back from the state it sav
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from pathlib import Path
 
 from sms_services.inputs.project import Project
 from sms_services.lab.cluster import lab_is_gone, leftovers
@@ -19,12 +21,25 @@ from sms_services.trust.signing import Trust
 NODES, JOBS = 50, 500
 
 
+def _pid_in_its_namespace(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    raise AssertionError(f"no NSpid for {pid}")
+
+
 def test_fifty_nodes_five_hundred_jobs_and_a_cutover_lose_nothing(apptainer, project: Project) -> None:
     name = "smsscale50"
     with scale_lab(project, apptainer, "3.5", NODES, job_nodes=2, name=name, ready_timeout=150) as lab:
         states = node_states(lab)
         assert len(states) == NODES and set(states.values()) == {"idle"}, Counter(states.values())
         assert lab.farm is not None and len(lab.farm.slurmd_pids()) == NODES - 2
+        # slurmd kills whatever process its pid file names: each farm node must see its own
+        # /run (its pid file names itself) and its own spool folder, through its own root.
+        pids = lab.farm.slurmd_pids()
+        for pid in pids:
+            assert int(Path(f"/proc/{pid}/root/run/slurmd.pid").read_text()) == _pid_in_its_namespace(pid)
+        assert len({os.stat(f"/proc/{pid}/root/var/spool/slurmd").st_dev for pid in pids}) == len(pids)
         # Half the jobs wait in the queue (held) across the cutover; half run before it.
         held, _ = submit_jobs(lab, JOBS // 2, hold=True, exclude=lab.nodes)
         running, _ = submit_jobs(lab, JOBS // 2, exclude=lab.nodes)

@@ -10,7 +10,7 @@ import yaml
 from sms_services.errors import UserError
 from sms_services.inputs.project import Project
 from sms_services.inputs.site import load_site, render_site
-from sms_services.lab.farm import FARM_SH, farm_nodes, scale_nodes, scale_site_text
+from sms_services.lab.farm import farm_nodes, scale_nodes, scale_site_text
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_SITE = ROOT / "overlays/lab/site.yaml"
@@ -49,12 +49,6 @@ def test_the_scale_site_passes_the_site_checks_and_lists_every_node(tmp_path: Pa
     conf = render_site(loaded, frags, project.matrix.default)["/etc/slurm/slurm.conf"]
     assert conf.count("NodeName=") == 450
     assert "NodeName=f448 NodeAddr=198.18.2.191" in conf
-
-
-def test_each_farm_node_gets_its_own_spool_and_run_folder() -> None:
-    # slurmd kills the process its pid file names: a shared /run would let node 2 end node 1.
-    assert "farm-run /run" in FARM_SH and "farm-spool /var/spool/slurmd" in FARM_SH
-    assert 'nsenter --net="/farm/netns/$lab-$name" unshare -m' in FARM_SH
 
 
 def test_rehearse_job_nodes_must_be_a_positive_number() -> None:
