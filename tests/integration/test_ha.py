@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jobs import finished_ok, submit
 
 from sms_services.inputs.project import Project
 from sms_services.lab.cluster import Lab
@@ -54,44 +55,6 @@ def pair(apptainer, lab: Lab, tmp_path_factory) -> Iterator[HaPair]:
             shutil.copyfile(f"{key}.pub", ha.work / host / "config/trusted/release.pub")
         ha.record(sif)
         yield ha
-
-
-def submit(lab: Lab, seconds: int, tag: str) -> str:
-    """A batch job on c1 (submitted from the node: the controller may be on either host),
-    returned once it runs: a controller killed while slurmd still answers its launch
-    request fails the launch (the job ends FAILED at once, not the failover's doing)."""
-    rc, out, err = lab.on_node("c1", ["sbatch", "--parsable", "-w", "c1", "-o", f"/tmp/{tag}.out", "--wrap",
-                                      f"sleep {seconds}; echo {tag}-finished"])
-    assert rc == 0, err
-    job = out.strip()
-    deadline = time.monotonic() + 30
-    state = ""
-    while time.monotonic() < deadline:
-        state = lab.on_node("c1", ["scontrol", "-o", "show", "job", job])[1]
-        if "JobState=RUNNING" in state:
-            time.sleep(2)  # the launch's answer to slurmctld is sent
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job} did not start: {state.strip()[:300]}")
-
-
-def finished_ok(lab: Lab, job: str, tag: str, timeout: float = 120) -> str:
-    """'' when ``job`` completed with exit 0 and its output, else what went wrong."""
-    deadline = time.monotonic() + timeout
-    state = ""
-    while time.monotonic() < deadline:
-        _, state, _ = lab.on_node("c1", ["scontrol", "-o", "show", "job", job])
-        if "JobState=COMPLETED" in state:
-            break
-        if any(f"JobState={s}" in state for s in ("FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT")):
-            return f"job {job}: {state[:300]}"
-        time.sleep(1)
-    else:
-        return f"job {job} did not finish: {state[:300]}"
-    if "ExitCode=0:0" not in state:
-        return f"job {job} exit code: {state[:300]}"
-    _, out, err = lab.on_node("c1", ["cat", f"/tmp/{tag}.out"])
-    return "" if out.strip() == f"{tag}-finished" else f"job {job} output: {out!r} {err!r}"
 
 
 def probe_green(ha: HaPair, host: str, timeout: float = 90) -> subprocess.CompletedProcess:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_upgrade import finished_ok, smsctl, submit
+from jobs import finished_ok, submit
+from test_upgrade import smsctl
 
 from sms_services.image.accounts import owner_of
 from sms_services.inputs.project import Project

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jobs import finished_ok, submit
 
 from sms_services.cli import main as cli
 from sms_services.errors import UserError
@@ -45,34 +46,6 @@ def lab(apptainer, project: Project) -> Iterator[Lab]:
         outcome = probe_services(lab, ready_timeout=90)
         assert outcome.ok, outcome.failed
         yield lab
-
-
-def submit(lab: Lab, seconds: int, tag: str) -> str:
-    """A batch job on c1 that sleeps, then writes its tag to its output."""
-    rc, out, err = lab.on_node("c1", ["sbatch", "--parsable", "-w", "c1", "-o", f"/tmp/{tag}.out", "--wrap",
-                                      f"sleep {seconds}; echo {tag}-finished"])
-    assert rc == 0, err
-    return out.strip()
-
-
-def finished_ok(lab: Lab, job: str, tag: str, timeout: float = 90) -> str:
-    """Wait for ``job``; '' when it completed with exit 0 and its output, else what went wrong."""
-    deadline = time.monotonic() + timeout
-    state = ""
-    while time.monotonic() < deadline:
-        rc, out, _ = lab.on_sms(["scontrol", "-o", "show", "job", job])
-        state = out
-        if "JobState=COMPLETED" in out:
-            break
-        if any(f"JobState={s}" in out for s in ("FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT")):
-            return f"job {job}: {out[:300]}"
-        time.sleep(1)
-    else:
-        return f"job {job} did not finish: {state[:300]}"
-    if "ExitCode=0:0" not in state:
-        return f"job {job} exit code: {state[:300]}"
-    rc, out, err = lab.on_node("c1", ["cat", f"/tmp/{tag}.out"])
-    return "" if out.strip() == f"{tag}-finished" else f"job {job} output: {out!r} {err!r}"
 
 
 def node_states(lab: Lab) -> dict[str, str]:
@@ -166,7 +139,7 @@ def smsctl_start(lab: Lab, project: Project, sif: Path, name: str, *extra: str, 
                  host: str = "") -> subprocess.CompletedProcess:
     """`smsctl start` of the lab's site on the lab's overlay and bridges (of ``host``, if given),
     probing the nodes through their instances, as an admin of this lab would type it."""
-    node_exec = f"{lab.apptainer.binary} exec --no-privs --pwd / instance://{lab.name}-{{node}} /bin/sh -c"
+    node_exec = lab.node_exec
     return smsctl(lab, project, "start", str(sif), "--name", name, "--overlay", str(lab.sms_overlay),
                   "--site", str(lab.site.path), "--provision-bridge", f"{lab.name}-p",
                   "--public-bridge", f"{lab.name}-u", "--bind", f"{lab.work}/hosts:/etc/hosts",
@@ -189,7 +162,7 @@ def test_smsctl_start_and_cutover_of_a_recorded_instance(
     env = {"APPTAINER_CONFIG_FILE": str(lab.work / "apptainer.conf"), "SMS_STATE_DIR": str(tmp_path / "state"),
            "SMS_CONFIG_DIR": str(tmp_path / "config")}  # no trusted keys but --key's
     name, record = lab.sms_instance, tmp_path / "state/instances" / f"{lab.sms_instance}.json"
-    node_exec = f"{apptainer.binary} exec --no-privs --pwd / instance://{lab.name}-{{node}} /bin/sh -c"
+    node_exec = lab.node_exec
     report = tmp_path / "cutover.json"
     lab.stop_sms()
     try:
