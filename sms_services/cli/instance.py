@@ -21,6 +21,13 @@ from sms_services.errors import UserError
 from sms_services.runtime.deploy import DEFAULT_NODE_EXEC
 
 
+def named_copies() -> set[str]:
+    """The checked copies this host's instance records name (every other one may go)."""
+    from sms_services.runtime.deploy import records
+
+    return {Path(r.sif).name for r in records()}
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     import signal
 
@@ -37,7 +44,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     # init runs the image (its accounts, folders and Slurm parser): the checked private copy, as start does.
     # Not kept: start pins (and keeps) its own copy.
     with checked(apptainer, sif, trust_of(args), images_dir(),
-                 warn=lambda s: err_console.print(f"smsctl: {s}", markup=False)) as copy:
+                 warn=lambda s: err_console.print(f"smsctl: {s}", markup=False), named=named_copies) as copy:
         made = init(project, image_facts(project, apptainer, copy.path), site_path=Path(args.site),
                     overlay=Path(args.overlay).absolute(), size_mib=size,
                     munge_key=Path(args.munge_key) if args.munge_key else None, new_key=args.new_munge_key,
@@ -89,7 +96,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         node_exec, binds = args.node_exec, args.bind or []
     # What is checked is a private copy, and that copy is what starts (runtime/pin.py).
     with checked(apptainer, sif, trust_of(args), images_dir(),
-                 warn=lambda s: err_console.print(f"smsctl: {s}", markup=False)) as copy:
+                 warn=lambda s: err_console.print(f"smsctl: {s}", markup=False), named=named_copies) as copy:
         dep = start(project_of(args), apptainer, copy.path, name=args.name, overlay=overlay, site=site,
                     provision_bridge=prov, public_bridge=pub, node_exec=node_exec, binds=binds,
                     signer=str(copy.signer) if copy.signer else "UNSIGNED", source=source,
@@ -207,7 +214,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
                             f"(smsctl start starts one)")
         say = lambda s: err_console.print(f"[bold]cutover[/bold] {s}")  # noqa: E731
         # Checked now, started after the old instance stopped: so a private copy, not the path.
-        with checked(apptainer, new_sif, trust_of(args), images_dir(), warn=say) as copy:
+        with checked(apptainer, new_sif, trust_of(args), images_dir(), warn=say, named=named_copies) as copy:
             dep.sources[copy.path] = str(new_sif)
             try:
                 report = cutover(dep, project, copy.path, trust=trust_of(args), deadline=args.deadline,

@@ -10,15 +10,23 @@ it (and the path it came from).
 
 Not a hard link: a link shares the inode, so whoever could write the original
 could still change what runs.
+
+Copies no record names any more are removed when a command that pinned one ends
+(a cutover's old image, a refused or rolled-back new one, init's). Two commands may
+pin the same image at once (init and start of one SIF): each holds a shared
+``flock`` on its copy while it works, and a copy is removed only under an
+exclusive one, so one command never removes what another is about to start.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import re
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +36,7 @@ from sms_services.errors import UserError
 from sms_services.trust.signing import Signer, Trust, check
 
 NAME_LEN = 64 + len(".sif")
+COPY_NAME = re.compile(r"[0-9a-f]{64}\.sif")
 
 
 def private_folder(folder: Path) -> None:
@@ -130,10 +139,78 @@ def _same(dir_fd: int, name: str, sha: str) -> bool:
         os.close(fd)
 
 
+def _hold(copy: Path) -> int | None:
+    """A shared lock on ``copy`` (its descriptor), or None if the name no longer is that file
+    (removed, or replaced, between the pin and the lock)."""
+    try:
+        fd = os.open(copy, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        same = os.stat(copy, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        same = False
+    if not same:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _pinned_and_held(sif: Path, folder: Path) -> tuple[Path, int, bool]:
+    for _ in range(5):  # another command's cleanup may remove the copy between pin and lock
+        copy, made = pin(sif, folder)
+        fd = _hold(copy)
+        if fd is not None:
+            return copy, fd, made
+    raise UserError(f"{folder}: the checked copy of {sif} went away again and again while it was being "
+                    "checked; another smsctl is removing copies there: run this again when it is done")
+
+
+def _remove_unheld(folder: Path, name: str) -> bool:
+    """Remove copy ``name`` of ``folder`` if no command holds it (never anything else)."""
+    if not COPY_NAME.fullmatch(name):
+        return False
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another command is starting it
+            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+                return False
+            os.unlink(name, dir_fd=dir_fd)
+            return True
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
 def unpin(path: Path, folder: Path) -> None:
-    """Remove a copy ``pin`` made that was then refused (never anything outside ``folder``)."""
+    """Remove a copy ``pin`` made that was then refused (never anything outside ``folder``),
+    unless another command holds it."""
     if path.parent == folder.resolve() and len(path.name) == NAME_LEN:
-        path.unlink(missing_ok=True)
+        _remove_unheld(folder, path.name)
+
+
+def prune(folder: Path, named: Iterable[str]) -> list[str]:
+    """Remove every copy in ``folder`` that is not ``named`` (file names) and no command holds:
+    the names removed."""
+    if not folder.is_dir():
+        return []
+    keep = set(named)
+    return [name for name in sorted(os.listdir(folder))
+            if name not in keep and COPY_NAME.fullmatch(name) and _remove_unheld(folder, name)]
+
+
+def _release(fd: int) -> None:
+    os.close(fd)  # (closing the last descriptor drops the flock)
 
 
 def checked_copy(apptainer: Apptainer, sif: Path, trust: Trust, folder: Path,
@@ -142,18 +219,9 @@ def checked_copy(apptainer: Apptainer, sif: Path, trust: Trust, folder: Path,
 
     A refused copy is removed again. Messages name ``sif``, the file the admin gave.
     """
-    copy, made = pin(sif, folder)
-    try:
-        signer = check(apptainer, copy, trust, warn=lambda s: warn(s.replace(str(copy), str(sif))))
-    except UserError as err:
-        if made:
-            unpin(copy, folder)
-        raise UserError(str(err).replace(str(copy), str(sif)), exit_code=err.exit_code) from None
-    except BaseException:
-        if made:
-            unpin(copy, folder)
-        raise
-    return copy, signer, made
+    found = _checked(apptainer, sif, trust, folder, warn)
+    _release(found.fd)
+    return found.path, found.signer, found.made
 
 
 @dataclass
@@ -163,18 +231,50 @@ class Checked:
     path: Path
     signer: Signer | None
     keep: bool = False
+    made: bool = False
+    fd: int = -1  # holds the shared lock on the copy while the command works
+
+
+def _checked(apptainer: Apptainer, sif: Path, trust: Trust, folder: Path,
+             warn: Callable[[str], None]) -> Checked:
+    copy, fd, made = _pinned_and_held(sif, folder)
+    try:
+        signer = check(apptainer, copy, trust, warn=lambda s: warn(s.replace(str(copy), str(sif))))
+    except UserError as err:
+        _release(fd)
+        if made:
+            unpin(copy, folder)
+        raise UserError(str(err).replace(str(copy), str(sif)), exit_code=err.exit_code) from None
+    except BaseException:
+        _release(fd)
+        if made:
+            unpin(copy, folder)
+        raise
+    return Checked(copy, signer, made=made, fd=fd)
 
 
 @contextmanager
 def checked(apptainer: Apptainer, sif: Path, trust: Trust, folder: Path,
-            warn: Callable[[str], None] = lambda s: None) -> Iterator[Checked]:
+            warn: Callable[[str], None] = lambda s: None,
+            named: Callable[[], Iterable[str]] | None = None) -> Iterator[Checked]:
     """:func:`checked_copy` for one command: the copy this call made goes again unless the
     block set ``keep`` (however it ended: a cutover interrupted after the record named the
-    copy must keep it). A copy made earlier is never removed: a record may name it."""
-    copy, signer, made = checked_copy(apptainer, sif, trust, folder, warn)
-    found = Checked(copy, signer)
+    copy must keep it). A copy made earlier is never removed: a record may name it.
+
+    With ``named`` (the copies the host's instance records name, read at the end), every
+    other copy no command holds goes too: the old image after a cutover, a rolled-back one.
+    """
+    found = _checked(apptainer, sif, trust, folder, warn)
     try:
         yield found
     finally:
-        if made and not found.keep:
-            unpin(copy, folder)
+        _release(found.fd)
+        if named is not None:
+            try:
+                keep = set(named())
+            except UserError:
+                keep = None  # a record that does not load: remove nothing it might name
+            if keep is not None:
+                prune(folder, keep | ({found.path.name} if found.keep else set()))
+        elif found.made and not found.keep:
+            unpin(found.path, folder)

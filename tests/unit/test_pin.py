@@ -14,7 +14,7 @@ from sifmaker import write_sif as make_sif
 from sms_services.cli import main as cli
 from sms_services.errors import UserError
 from sms_services.runtime import deploy
-from sms_services.runtime.pin import checked, checked_copy, pin
+from sms_services.runtime.pin import checked, checked_copy, pin, prune
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.signing import Trust
 
@@ -83,6 +83,53 @@ def test_a_checked_copy_stays_only_when_the_command_keeps_it(tmp_path: Path) -> 
     with checked(app, sif, Trust([pub]), folder) as again:  # type: ignore[arg-type]
         pass  # not made by this call: a record may name it, so it stays
     assert again.path == copy.path and copy.path.exists()
+
+
+def test_copies_no_record_names_go_when_a_command_ends(tmp_path: Path) -> None:
+    """A cutover from A to B: once the record names B, A's copy goes; B's stays."""
+    a, b = make_sif(tmp_path / "a.sif", SIGNED), make_sif(tmp_path / "b.sif", SIGNED, uuid=b"\x08" * 16)
+    pub = create_keypair(tmp_path / "site").public
+    app, folder = FakeApptainer(lambda a: ""), tmp_path / "images"
+    record: set[str] = set()
+    with checked(app, a, Trust([pub]), folder, named=lambda: record) as first:  # type: ignore[arg-type]
+        record = {first.path.name}
+        first.keep = True
+    with checked(app, b, Trust([pub]), folder, named=lambda: record) as second:  # type: ignore[arg-type]
+        assert first.path.exists()  # the old image runs until the cutover is done
+        record = {second.path.name}
+        second.keep = True
+    assert sorted(folder.iterdir()) == [second.path]
+    # A rolled-back cutover: the record still names B, the refused C goes.
+    c = make_sif(tmp_path / "c.sif", SIGNED, uuid=b"\x09" * 16)
+    with checked(app, c, Trust([pub]), folder, named=lambda: record) as third:  # type: ignore[arg-type]
+        pass
+    assert sorted(folder.iterdir()) == [second.path] and not third.path.exists()
+    # A record that does not load: nothing is removed.
+    (folder / ("0" * 64 + ".sif")).write_bytes(b"an old copy")
+
+    def broken() -> set[str]:
+        raise UserError("a record that does not load")
+    with checked(app, b, Trust([pub]), folder, named=broken):  # type: ignore[arg-type]
+        pass
+    assert len(list(folder.iterdir())) == 2
+
+
+def test_a_copy_another_command_holds_is_never_removed(tmp_path: Path) -> None:
+    """init and start of the same image at once: init ends first and must not remove the copy
+    start is about to start (and record)."""
+    sif = make_sif(tmp_path / "image.sif", SIGNED)
+    pub = create_keypair(tmp_path / "site").public
+    app, folder = FakeApptainer(lambda a: ""), tmp_path / "images"
+    with checked(app, sif, Trust([pub]), folder, named=set) as start:  # type: ignore[arg-type]
+        with checked(app, sif, Trust([pub]), folder, named=set) as init:  # type: ignore[arg-type]
+            assert init.path == start.path
+        assert start.path.exists()  # init's end removed nothing start holds
+        assert prune(folder, []) == []
+        start.keep = True
+    assert start.path.exists()
+    assert prune(folder, []) == [start.path.name]  # nobody holds it, no record names it
+    (folder / "notes.txt").write_text("the admin's")
+    assert prune(folder, []) == [] and (folder / "notes.txt").exists()  # only copies pin made
 
 
 def test_start_starts_the_checked_copy_even_if_the_file_is_swapped_after_the_check(
