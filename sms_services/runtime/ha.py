@@ -66,6 +66,7 @@ class HaConfig:
     resource: str = "sms-services"
     monitor_interval_s: int = 10
     ping_timeout_s: int = 5
+    ready_timeout_s: int = 300  # the agent's start gives up (and the other host gets its turn) after it
     stickiness: int = 100
     fencing_delay_s: int = 5  # priority-fencing-delay: in a split, the host running SMS-services wins
     take_over: bool = True  # only ever rendered with fencing on: see the agent's take_over
@@ -75,7 +76,7 @@ def load_config(path: Path) -> HaConfig:
     """``ha.yaml``: one line naming the file and field for anything wrong."""
     f = Fields(load_mapping(path), path)
     f.unknown({"instance", "smsctl", "state_dir", "config_dir", "apptainer_config", "resource", "bridges",
-               "monitor_interval", "ping_timeout", "stickiness", "fencing_delay", "nodes"})
+               "monitor_interval", "ping_timeout", "ready_timeout", "stickiness", "fencing_delay", "nodes"})
     instance = f.str("instance", required=True)
     if not INSTANCE_NAME.fullmatch(instance):
         raise f.fail("instance", "must be an instance name (letters, digits, '.', '_', '-')")
@@ -99,8 +100,8 @@ def load_config(path: Path) -> HaConfig:
     if len(set(bridges)) != len(bridges):
         raise f.fail("bridges", "names a bridge twice")
     numbers = {}
-    for key, default, low in (("monitor_interval", 10, 1), ("ping_timeout", 5, 1), ("stickiness", 100, 0),
-                              ("fencing_delay", 5, 0)):
+    for key, default, low in (("monitor_interval", 10, 1), ("ping_timeout", 5, 1), ("ready_timeout", 300, 10),
+                              ("stickiness", 100, 0), ("fencing_delay", 5, 0)):
         value = f.int(key, default)
         if value < low:
             raise f.fail(key, f"must be at least {low}")
@@ -135,6 +136,7 @@ def load_config(path: Path) -> HaConfig:
                     state_dir=paths["state_dir"] or "/var/lib/sms-services", config_dir=paths["config_dir"],
                     apptainer_config=paths["apptainer_config"], resource=resource,
                     monitor_interval_s=numbers["monitor_interval"], ping_timeout_s=numbers["ping_timeout"],
+                    ready_timeout_s=numbers["ready_timeout"],
                     stickiness=numbers["stickiness"], fencing_delay_s=numbers["fencing_delay"])
 
 
@@ -186,7 +188,8 @@ def render(cfg: HaConfig) -> dict[str, ET.Element]:
     prim = ET.SubElement(resources, "primitive", id=rid,
                          **{"class": AGENT[0], "provider": AGENT[1], "type": AGENT[2]})
     params = {"name": cfg.instance, "smsctl": cfg.smsctl, "state_dir": cfg.state_dir,
-              "take_over": "true" if cfg.take_over else "false", "ping_timeout": str(cfg.ping_timeout_s)}
+              "take_over": "true" if cfg.take_over else "false", "ping_timeout": str(cfg.ping_timeout_s),
+              "ready_timeout": str(cfg.ready_timeout_s)}
     if cfg.config_dir:
         params["config_dir"] = cfg.config_dir
     if cfg.apptainer_config:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -162,6 +163,8 @@ def recorded(tmp_path: Path, name: str = "sms-services") -> dict[str, str]:
     ({"take_over": "Yes"}, 6, "take_over 'Yes'"),  # ocf_is_true would read it as false
     ({"ping_timeout": "0"}, 6, "ping_timeout '0'"),
     ({"ping_timeout": "05"}, 6, "ping_timeout '05'"),
+    ({"ready_timeout": "0"}, 6, "ready_timeout '0'"),
+    ({"ready_timeout": "5m"}, 6, "ready_timeout '5m'"),
     ({"smsctl": "/nonexistent/smsctl"}, 5, "smsctl '/nonexistent/smsctl' not found"),
     ({"name": "other"}, 5, "no instance other recorded on this host"),
 ])
@@ -184,6 +187,29 @@ def test_a_probe_where_nothing_is_recorded_says_not_running(tmp_path: Path) -> N
     params = {**recorded(tmp_path), "name": "elsewhere", "CRM_meta_interval": "0"}
     assert agent("monitor", tmp_path, **params).returncode == 7
     assert agent("stop", tmp_path, **params).returncode == 0
+
+
+@needs_ocf
+def test_a_start_whose_controller_never_answers_stops_it_and_fails_within_ready_timeout(tmp_path: Path) -> None:
+    """Not the whole start timeout (1800 s): the other host gets its turn."""
+    params = recorded(tmp_path)
+    log, running = tmp_path / "calls", tmp_path / "running"
+    Path(params["smsctl"]).write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$1 $2" in
+"ha monitor") if [ -f {running} ]; then echo "slurmctld does not answer"; exit 1; fi; echo "not running"; exit 7 ;;
+"start --name") touch {running}; echo "started"; exit 0 ;;
+"stop --name") rm -f {running}; echo "stopped"; exit 0 ;;
+esac
+exit 2
+""")
+    t = time.monotonic()
+    proc = agent("start", tmp_path, **params, ready_timeout="2")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert time.monotonic() - t < 20
+    assert "did not answer within ready_timeout (2 s)" in proc.stderr, proc.stderr
+    calls = [c.split(" --")[0] for c in log.read_text().splitlines()]
+    assert calls[calls.index("start"):][-2:] == ["stop", "ha monitor"] and not running.exists()
 
 
 def test_a_cutover_holds_pacemaker_off_and_gives_the_resource_back(tmp_path: Path) -> None:
