@@ -267,22 +267,36 @@ def apply(sections: dict[str, ET.Element], *, cibadmin: str = "cibadmin",
                         f"{one_line((proc.stderr or proc.stdout).strip()[:300])}; nothing was applied")
 
 
+CRM_EX_NOSUCH = 105  # crm_resource: the attribute (or resource) does not exist
+
+
 @contextlib.contextmanager
 def unmanaged(resource: str, *, crm_resource: str = "crm_resource") -> Iterator[None]:
     """Pacemaker leaves ``resource`` alone inside the block (is-managed=false), so a cutover
-    that stops the instance is not "recovered" by the cluster; afterwards it is managed
-    again and its history refreshed (the monitor failures of the gap are not failures)."""
+    that stops the instance is not "recovered" by the cluster; afterwards is-managed is as
+    it was before (unset, true, or an admin's false) and the resource's history refreshed
+    (the monitor failures of the gap are not failures)."""
 
-    def crm(*args: str) -> None:
+    def crm(*args: str, missing_ok: bool = False) -> str | None:
         try:
             proc = subprocess.run([crm_resource, "--resource", resource, *args], capture_output=True,
                                   text=True, timeout=60)
         except FileNotFoundError:
             raise UserError("crm_resource: not found; install pacemaker-cli-utils") from None
+        if proc.returncode == CRM_EX_NOSUCH and missing_ok:
+            return None
         if proc.returncode != 0:
             raise UserError(f"crm_resource --resource {resource} {' '.join(args)} failed: "
                             f"{one_line((proc.stderr or proc.stdout).strip()[:300])}")
+        return proc.stdout.strip()
 
+    before = crm("--meta", "--get-parameter", "is-managed", missing_ok=True)
+    if before is not None and before.lower() not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        raise UserError(f"resource {resource}: is-managed is {one_line(before)!r}, not a boolean; set it to "
+                        f"true or false first (crm_resource --resource {resource} --meta --set-parameter "
+                        "is-managed --parameter-value true)")
+    restore = (("--meta", "--delete-parameter", "is-managed") if before is None else
+               ("--meta", "--set-parameter", "is-managed", "--parameter-value", before))
     # A hang-up or a kill of the admin's session must still hand the resource back:
     # left unmanaged, the survivor would never take over after a host death.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -291,12 +305,12 @@ def unmanaged(resource: str, *, crm_resource: str = "crm_resource") -> Iterator[
         yield
     finally:
         failed: UserError | None = None
-        for step in (("--meta", "--set-parameter", "is-managed", "--parameter-value", "true"), ("--refresh",)):
+        for step in (restore, ("--refresh",)):
             try:  # each step on its own; the first failure is reported after both were tried
                 crm(*step)
             except UserError as err:
                 failed = failed or UserError(f"{err}; set it by hand: crm_resource --resource {resource} "
-                                             "--meta --set-parameter is-managed --parameter-value true")
+                                             f"{' '.join(restore)}")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if failed is not None:

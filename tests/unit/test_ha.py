@@ -212,22 +212,43 @@ exit 2
     assert calls[calls.index("start"):][-2:] == ["stop", "ha monitor"] and not running.exists()
 
 
-def test_a_cutover_holds_pacemaker_off_and_gives_the_resource_back(tmp_path: Path) -> None:
-    """is-managed=false around the block, true and a refresh after it, even when it fails."""
+@pytest.mark.parametrize("before, restore", [
+    (None, "--resource sms-services --meta --delete-parameter is-managed"),  # unset: unset again
+    ("true", "--resource sms-services --meta --set-parameter is-managed --parameter-value true"),
+    ("false", "--resource sms-services --meta --set-parameter is-managed --parameter-value false"),  # an admin's
+])
+def test_a_cutover_holds_pacemaker_off_and_gives_the_resource_back_as_it_was(
+        tmp_path: Path, before: str | None, restore: str) -> None:
+    """is-managed=false around the block, as before and a refresh after it, even when it fails."""
     from sms_services.runtime.ha import unmanaged
 
     log = tmp_path / "calls"
     fake = tmp_path / "crm_resource"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    get = (f'echo "{before}"; exit 0' if before is not None
+           else "echo \"Attribute 'is-managed' not found for 'sms-services'\" >&2; exit 105")
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *--get-parameter*) {get} ;; esac\nexit 0\n')
     fake.chmod(0o755)
     with pytest.raises(RuntimeError):
         with unmanaged("sms-services", crm_resource=str(fake)):
             log.write_text(log.read_text() + "cutover\n")
             raise RuntimeError("rolled back")
     assert log.read_text().splitlines() == [
+        "--resource sms-services --meta --get-parameter is-managed",
         "--resource sms-services --meta --set-parameter is-managed --parameter-value false", "cutover",
-        "--resource sms-services --meta --set-parameter is-managed --parameter-value true",
-        "--resource sms-services --refresh"]
+        restore, "--resource sms-services --refresh"]
+
+
+def test_an_is_managed_that_is_no_boolean_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    from sms_services.runtime.ha import unmanaged
+
+    log = tmp_path / "calls"
+    fake = tmp_path / "crm_resource"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\necho "maybe"\n')
+    fake.chmod(0o755)
+    with pytest.raises(UserError, match="is-managed is 'maybe'"):
+        with unmanaged("sms-services", crm_resource=str(fake)):
+            raise AssertionError("not reached")
+    assert len(log.read_text().splitlines()) == 1
 
 
 @pytest.mark.parametrize("change, expect", [
