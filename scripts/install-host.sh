@@ -63,8 +63,11 @@ say() { printf 'install-host: %s\n' "$*"; }
 # The one line for a host we cannot set up.
 cannot() { printf 'install-host: %s; %s, then re-run.\n' "$1" "$HINT" >&2; exit 1; }
 die() { printf 'install-host: FAILED at step "%s": %s (details: %s)\n' "$STEP" "$1" "$LOG" >&2; exit 1; }
+POLICY=/usr/sbin/policy-rc.d
+OWN_POLICY=0
 cleanup() {   # temp dir + half-written files of an interrupted run
   [[ -n $TMP && -d $TMP ]] && rm -rf -- "$TMP"
+  ((OWN_POLICY)) && rm -f -- "$POLICY"
   rm -rf -- "$GLIBC_DIR.new" "$SID_SOURCES.sms-tmp" "$SID_PREFS.sms-tmp" "${CONF:-/nonexistent}.sms-tmp"
   return 0
 }
@@ -148,8 +151,24 @@ else
   mapfile -t MISSING < <(missing_pkgs "${HOST_PKGS[@]}")
   if ((${#MISSING[@]})); then
     apt_update
+    # Debian starts corosync and pacemaker on install, as a one-node cluster of its default
+    # corosync.conf: on an infrastructure host that is a cluster nobody configured. They
+    # are kept from starting (a policy-rc.d of our own, only if the host has none) and
+    # from starting at boot; `smsctl ha` and the admin configure the pair first.
+    NEW_HA=$(printf '%s\n' "${MISSING[@]}" | grep -xE 'corosync|pacemaker' || true)
+    if [[ -n $NEW_HA && ! -e $POLICY && ! -L $POLICY ]]; then
+      (set -C; printf '#!/bin/sh\n# install-host.sh, while it installs: no corosync/pacemaker start\ncase "$1" in corosync|pacemaker) exit 101 ;; esac\nexit 0\n' >"$POLICY") &&
+        chmod 0755 "$POLICY" && OWN_POLICY=1
+    fi
     run apt-get install -y --no-install-recommends "${MISSING[@]}" ||
       cannot "apt-get install ${MISSING[*]} failed (log: $LOG)"
+    if ((OWN_POLICY)); then rm -f -- "$POLICY"; OWN_POLICY=0; fi
+    if [[ -n $NEW_HA ]]; then
+      for unit in $NEW_HA; do
+        run systemctl disable "$unit.service" || true  # (works without systemd running: links only)
+      done
+      say "apt packages: $(echo $NEW_HA) installed but not started nor enabled at boot; configure the pair first (README, HA pair)"
+    fi
     say "apt packages: installed ${MISSING[*]}"
   else
     say "apt packages: all ${#HOST_PKGS[@]} present"
