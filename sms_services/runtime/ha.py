@@ -290,7 +290,8 @@ def unmanaged(resource: str, *, crm_resource: str = "crm_resource") -> Iterator[
                             f"{one_line((proc.stderr or proc.stdout).strip()[:300])}")
         return proc.stdout.strip()
 
-    before = crm("--meta", "--get-parameter", "is-managed", missing_ok=True)
+    # Unset reads as nothing (Pacemaker 2.1.5: exit 0, no output) or as "no such" (105).
+    before = crm("--meta", "--get-parameter", "is-managed", missing_ok=True) or None
     if before is not None and before.lower() not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
         raise UserError(f"resource {resource}: is-managed is {one_line(before)!r}, not a boolean; set it to "
                         f"true or false first (crm_resource --resource {resource} --meta --set-parameter "

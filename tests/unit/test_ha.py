@@ -214,6 +214,7 @@ exit 2
 
 @pytest.mark.parametrize("before, restore", [
     (None, "--resource sms-services --meta --delete-parameter is-managed"),  # unset: unset again
+    ("", "--resource sms-services --meta --delete-parameter is-managed"),  # (how Pacemaker 2.1.5 says unset)
     ("true", "--resource sms-services --meta --set-parameter is-managed --parameter-value true"),
     ("false", "--resource sms-services --meta --set-parameter is-managed --parameter-value false"),  # an admin's
 ])
