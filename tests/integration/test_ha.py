@@ -20,10 +20,8 @@ import pytest
 
 from sms_services.inputs.project import Project
 from sms_services.lab.cluster import Lab
-from sms_services.lab.ha import HOSTS, RESOURCE, HaPair
+from sms_services.lab.ha import HOSTS, RESOURCE, HaPair, signed_pair
 from sms_services.lab.verify import open_lab, probe_services
-from sms_services.trust.keys import create_keypair
-from sms_services.trust.signing import sign
 
 pytestmark = pytest.mark.integration
 AGENT_PATH = "/usr/lib/ocf/resource.d/sms-services/instance"  # as installed on each host
@@ -40,19 +38,10 @@ def lab(apptainer, project: Project) -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="module")
-def pair(apptainer, lab: Lab, tmp_path_factory) -> Iterator[HaPair]:
+def pair(lab: Lab, tmp_path_factory) -> Iterator[HaPair]:
     """The pair up, the instance recorded on both hosts with a release-signed image, the
     lab's own SMS-services stopped (the pair runs it from now on, on the same overlay)."""
-    keys = tmp_path_factory.mktemp("hakeys")
-    key, sif = keys / "release", keys / "sms.sif"
-    create_keypair(key)
-    shutil.copyfile(lab.sms_sif, sif)
-    sign(apptainer, sif, key, replaces=None)  # (the build signature: this run's own build)
-    lab.stop_sms()
-    with HaPair(lab) as ha:
-        for host in HOSTS:
-            shutil.copyfile(f"{key}.pub", ha.work / host / "config/trusted/release.pub")
-        ha.record(sif)
+    with signed_pair(lab, tmp_path_factory.mktemp("hakeys")) as ha:
         yield ha
 
 
@@ -95,13 +84,7 @@ def finished_ok(lab: Lab, job: str, tag: str, timeout: float = 120) -> str:
 
 
 def probe_green(ha: HaPair, host: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    """smsctl probe on ``host`` until every probe passes (the services come up in order)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = ha.smsctl_on(host, "probe", "--name", ha.instance, "--timeout", "5")
-        if r.returncode == 0 or time.monotonic() > deadline:
-            return r
-        time.sleep(1)
+    return ha.probe_green(host, timeout)
 
 
 class Writers:
