@@ -76,8 +76,10 @@ def death_events(dead: str, survivor: str) -> dict[str, tuple[str, str]]:
         "fencing_requested_s": ("pacemaker", rf"(Requesting fencing|wants to fence).*\b{dead}\b"),
         "fenced_s": ("pacemaker", rf"(Operation '(reboot|off)'.*targeting {dead}\b.*(: OK|returned 0)"
                                   rf"|Peer {dead} was terminated .*: OK)"),
-        "start_initiated_s": ("pacemaker", rf"Initiating start operation {RESOURCE}_start_0"),
-        "started_s": ("pacemaker", rf"Result of start operation for {RESOURCE} on {survivor}: ok"),
+        # pacemaker-execd's lines (the survivor runs the agent): the controller's "Result of
+        # start operation" is not in this log at the lab's log level.
+        "start_initiated_s": ("pacemaker", rf"executing - rsc:{RESOURCE} action:start\b"),
+        "started_s": ("pacemaker", rf"\b{RESOURCE} start \(call \d+, PID \d+\) exited with status 0\b"),
     }
 
 
