@@ -242,45 +242,6 @@ def test_host_death_fences_it_and_the_other_host_takes_over(cluster: HaPair) -> 
     print("host death:", json.dumps(timings))
 
 
-def test_a_host_whose_bridge_goes_down_hands_sms_services_over(cluster: HaPair) -> None:
-    """The provisioning bridge down on the host running SMS-services (its uplink pulled, the
-    host alive): ethmonitor's attribute drops to 0 there, the -INFINITY rule of smsctl ha
-    config moves SMS-services to the other host, and every probe is green there."""
-    ha, lab = cluster, cluster.lab
-    src = ha.wait_located()
-    dst = ha.other(src)
-    bridge = f"{lab.name}-p"
-    down = ["ip", "-n", ha.netns[src], "link", "set", bridge, "down"]
-    with Writers(lab.sms_overlay) as writers:
-        t = time.monotonic()
-        subprocess.run(down, check=True)
-        try:
-            moved = ha.wait_located(timeout=150, not_on=src)
-            took = time.monotonic() - t
-            r = probe_green(ha, dst)
-        finally:
-            subprocess.run([*down[:-1], "up"], check=True)
-    assert moved == dst
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert writers.most == 1, writers.most
-    print(f"bridge down: started on {dst} {took:.1f} s after the bridge went down")
-    print(ha.run(dst, ["crm_mon", "-1", "--include=failcounts"]).stdout)
-    # ethmonitor retries a down link (repeat_count x repeat_interval) longer than its monitor's
-    # timeout: the clone's monitor on src may have failed; an admin clears that once the
-    # bridge is back, as here, so ethmonitor runs there again.
-    ha.run(dst, ["crm_resource", "--cleanup", "--resource", f"{RESOURCE}-bridges-clone"])
-    attr = f"sms-bridge-{bridge}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # the host is eligible again (the pair whole for the next test)
-        q = ha.run(dst, ["crm_attribute", "--node", src, "--name", attr, "--lifetime", "reboot", "--query"])
-        if "value=1" in q.stdout:
-            break
-        time.sleep(1)
-    else:
-        pytest.fail(f"{attr} not back to 1 on {src}: {q.stdout} {q.stderr}")
-    assert ha.located() == dst  # stickiness: the bridge's return does not pull it back
-
-
 def test_cutover_under_pacemaker_keeps_a_running_job(cluster: HaPair, tmp_path: Path) -> None:
     """smsctl cutover --pacemaker-resource: the cluster leaves the stopped instance alone,
     the record (which the resource's start reads) names the new image, no failure remains.
