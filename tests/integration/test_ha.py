@@ -155,7 +155,7 @@ def test_a_hung_controller_is_restarted_by_pacemaker(cluster: HaPair) -> None:
     else:
         pytest.fail(f"not recovered: {ha.status()}")
     recovered = time.monotonic() - t
-    r = probe_green(ha, ha.located())
+    r = probe_green(ha, ha.wait_located())  # (located() is "" while crm_mon still shows the recovery)
     assert r.returncode == 0, r.stdout + r.stderr
     print(f"hung controller: running and answering again {recovered:.1f} s after the SIGSTOP")
     assert finished_ok(lab, job, "across-hang") == ""
