@@ -160,3 +160,13 @@ def load(session: nox.Session) -> None:
     Job throughput, cutover gaps with a full queue, munge, rsyslog and NTP rates: results/load.json.
     """
     session.run("python", "tools/load.py", *session.posargs, external=True)
+
+
+@nox.session
+def ha(session: nox.Session) -> None:
+    """The HA pair measured: nox -s ha -- [RELEASE] [--runs 3] [--sif SIF --compute-sif SIF].
+
+    Host death (corosync, fencing, start, every probe green, gap from a node), planned move,
+    cutover gap with and without Pacemaker, on one lab pair: results/ha.json.
+    """
+    session.run("python", "tools/ha_bench.py", *session.posargs, external=True)

@@ -19,9 +19,12 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +32,8 @@ import yaml
 
 from sms_services.errors import UserError
 from sms_services.lab.cluster import Lab
+from sms_services.trust.keys import create_keypair
+from sms_services.trust.signing import sign
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -72,7 +77,8 @@ def corosync_conf(cluster: str, token_ms: int) -> str:
             f"    token: {token_ms}\n    crypto_cipher: none\n    crypto_hash: none\n}}\n"
             f"nodelist {{\n{nodes}}}\n"
             "quorum {\n    provider: corosync_votequorum\n    two_node: 1\n}\n"
-            "logging {\n    to_stderr: yes\n    to_syslog: no\n    timestamp: on\n}\n")
+            # hires: milliseconds, so the HA bench can read when the token timed out (its own part)
+            "logging {\n    to_stderr: yes\n    to_syslog: no\n    timestamp: hires\n}\n")
 
 
 @dataclass
@@ -307,11 +313,51 @@ class HaPair:
                 return self.run(host, ["crm_mon", "-1", "--include=failcounts,fencing"], timeout=30).stdout
         return "no host alive"
 
+    def probe_green(self, host: str, timeout: float = 90) -> subprocess.CompletedProcess:
+        """smsctl probe on ``host`` until every probe passes (the services come up in order)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.smsctl_on(host, "probe", "--name", self.instance, "--timeout", "5")
+            if r.returncode == 0 or time.monotonic() > deadline:
+                return r
+            time.sleep(1)
+
+    def other(self, host: str) -> str:
+        return next(h for h in HOSTS if h != host)
+
     def on_sms(self, host: str, cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
         """``cmd`` inside the SMS-services instance running on ``host``."""
         return self.run(host, [self.lab.apptainer.binary, "exec", "--no-privs", "--pwd", "/",
                                f"instance://{self.instance}", *cmd], timeout=timeout,
                         env={"APPTAINER_CONFIG_FILE": str(self.lab.work / "apptainer.conf")})
+
+
+@contextmanager
+def signed_pair(lab: Lab, scratch: Path, instance: str = "smsha") -> Iterator[HaPair]:
+    """The pair up, the instance recorded on both hosts with a release-signed image (a key
+    made for this run in ``scratch``, trusted by both hosts), the lab's own SMS-services
+    stopped (the pair runs it from now on, on the same overlay). Powered off on exit."""
+    key, sif = scratch / "release", scratch / "sms.sif"
+    create_keypair(key)
+    shutil.copyfile(lab.sms_sif, sif)
+    sign(lab.apptainer, sif, key, replaces=None)  # (the build signature: this run's own build)
+    lab.stop_sms()
+    with HaPair(lab, instance=instance) as ha:
+        for host in HOSTS:
+            shutil.copyfile(f"{key}.pub", ha.work / host / "config/trusted/release.pub")
+        ha.record(sif)
+        yield ha
+
+
+def start_cluster(ha: HaPair) -> str:
+    """``smsctl ha config --apply``, then SMS-services started by Pacemaker and every probe
+    green; the host it runs on."""
+    ha.configure()
+    host = ha.wait_located(timeout=180)
+    r = ha.probe_green(host)
+    if r.returncode != 0:
+        raise UserError(f"ha lab: probes failed on {host} after the first start: {(r.stdout + r.stderr)[-600:]}")
+    return host
 
 
 def _start_time(pid: int) -> str:

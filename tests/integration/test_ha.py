@@ -21,10 +21,8 @@ from jobs import finished_ok, submit
 
 from sms_services.inputs.project import Project
 from sms_services.lab.cluster import Lab
-from sms_services.lab.ha import HOSTS, RESOURCE, HaPair
+from sms_services.lab.ha import HOSTS, RESOURCE, HaPair, signed_pair
 from sms_services.lab.verify import open_lab, probe_services
-from sms_services.trust.keys import create_keypair
-from sms_services.trust.signing import sign
 
 pytestmark = pytest.mark.integration
 AGENT_PATH = "/usr/lib/ocf/resource.d/sms-services/instance"  # as installed on each host
@@ -41,30 +39,15 @@ def lab(apptainer, project: Project) -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="module")
-def pair(apptainer, lab: Lab, tmp_path_factory) -> Iterator[HaPair]:
+def pair(lab: Lab, tmp_path_factory) -> Iterator[HaPair]:
     """The pair up, the instance recorded on both hosts with a release-signed image, the
     lab's own SMS-services stopped (the pair runs it from now on, on the same overlay)."""
-    keys = tmp_path_factory.mktemp("hakeys")
-    key, sif = keys / "release", keys / "sms.sif"
-    create_keypair(key)
-    shutil.copyfile(lab.sms_sif, sif)
-    sign(apptainer, sif, key, replaces=None)  # (the build signature: this run's own build)
-    lab.stop_sms()
-    with HaPair(lab) as ha:
-        for host in HOSTS:
-            shutil.copyfile(f"{key}.pub", ha.work / host / "config/trusted/release.pub")
-        ha.record(sif)
+    with signed_pair(lab, tmp_path_factory.mktemp("hakeys")) as ha:
         yield ha
 
 
 def probe_green(ha: HaPair, host: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    """smsctl probe on ``host`` until every probe passes (the services come up in order)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = ha.smsctl_on(host, "probe", "--name", ha.instance, "--timeout", "5")
-        if r.returncode == 0 or time.monotonic() > deadline:
-            return r
-        time.sleep(1)
+    return ha.probe_green(host, timeout)
 
 
 class Writers:
@@ -135,7 +118,7 @@ def test_a_hung_controller_is_restarted_by_pacemaker(cluster: HaPair) -> None:
     else:
         pytest.fail(f"not recovered: {ha.status()}")
     recovered = time.monotonic() - t
-    r = probe_green(ha, ha.located())
+    r = probe_green(ha, ha.wait_located())  # (located() is "" while crm_mon still shows the recovery)
     assert r.returncode == 0, r.stdout + r.stderr
     print(f"hung controller: running and answering again {recovered:.1f} s after the SIGSTOP")
     assert finished_ok(lab, job, "across-hang") == ""
