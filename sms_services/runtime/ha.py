@@ -40,6 +40,8 @@ AGENT = ("ocf", "sms-services", "instance")  # class, provider, type: /usr/lib/o
 START_TIMEOUT_S = 1800  # the boot unit's TimeoutStartSec (30 min): a large overlay's e2fsck
 STOP_TIMEOUT_S = 120
 MONITOR_TIMEOUT_S = 60
+BRIDGE_LOOKS, BRIDGE_LOOK_INTERVAL_S = 2, 5
+BRIDGE_OP_TIMEOUT_S = 3 * BRIDGE_LOOKS * BRIDGE_LOOK_INTERVAL_S  # (the agent's own advice: at least looks x interval)
 SECTIONS = ("crm_config", "resources", "constraints")
 # What Linux allows as an interface name, minus what would need quoting anywhere.
 BRIDGE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
@@ -212,9 +214,16 @@ def render(cfg: HaConfig) -> dict[str, ET.Element]:
         bid = xml_id(rid, "bridge", bridge)
         mon = ET.SubElement(group, "primitive", id=bid, **{"class": "ocf", "provider": "heartbeat",
                                                            "type": "ethmonitor"})
+        # ethmonitor retries a down link repeat_count times, repeat_interval apart, inside one
+        # monitor (its defaults: 5 x 10 s). Longer than the operation's timeout, a dead bridge
+        # showed as a timed-out monitor, its restart's start timed out too, and the failure
+        # count left the host ineligible after the bridge was back (seen in the lab). So: two
+        # looks 5 s apart (a blip does not move SMS-services), timeouts well above that.
         _nvpairs(mon, "instance_attributes", xml_id(bid, "params"),
-                 {"interface": bridge, "name": bridge_attribute(bridge), "link_status_only": "true"})
-        _ops(mon, bid, [{"name": "monitor", "interval": "5s", "timeout": "20s"}])
+                 {"interface": bridge, "name": bridge_attribute(bridge), "link_status_only": "true",
+                  "repeat_count": str(BRIDGE_LOOKS), "repeat_interval": str(BRIDGE_LOOK_INTERVAL_S)})
+        _ops(mon, bid, [{"name": "start", "interval": "0s", "timeout": f"{BRIDGE_OP_TIMEOUT_S}s"},
+                        {"name": "monitor", "interval": "5s", "timeout": f"{BRIDGE_OP_TIMEOUT_S}s"}])
     loc = ET.SubElement(constraints, "rsc_location", id=xml_id(rid, "needs-bridges"), rsc=rid)
     rule = ET.SubElement(loc, "rule", id=xml_id(rid, "needs-bridges-rule"), score="-INFINITY",
                          **{"boolean-op": "or"})
