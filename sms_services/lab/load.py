@@ -17,8 +17,10 @@ What it measures, in this order (each phase reports what it saw; nothing is asse
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -56,21 +58,93 @@ def mem_available_mib() -> float:
     return 0.0
 
 
+# Log lines that mark a cutover's steps inside SMS-services: (step, log, pattern). The old
+# instance's lines come before the new supervisord's start, the new one's after it.
+STEPS = [
+    ("old_ctld_sigterm", "slurmctld", "Terminate signal"),
+    ("old_ctld_saving", "slurmctld", "Saving all slurm state"),
+    ("new_supervisord", "supervisord", "supervisord started with pid"),
+    ("new_munge_spawned", "supervisord", "spawned: 'munge'"),
+    ("new_ctld_spawned", "supervisord", "spawned: 'slurmctld'"),
+    ("new_ctld_version", "slurmctld", "slurmctld version"),
+    ("new_ctld_jobs_recovered", "slurmctld", "Recovered information about"),
+    ("new_ctld_primary", "slurmctld", "Running as primary controller"),
+]
+LOGS = {"slurmctld": "/var/log/slurm/slurmctld.log", "supervisord": "/var/log/sms-services/supervisord.log"}
+
+
+def _log_time(line: str) -> float | None:
+    """A slurmctld (``[2026-12-02T12:00:00.123]``) or supervisord (``2026-12-02 12:00:00,123``)
+    line's time; both log in UTC inside SMS-services, as the host does."""
+    m = re.match(r"\[?(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:[.,](\d+))?", line)
+    if not m:
+        return None
+    t = calendar.timegm(time.strptime(f"{m[1]} {m[2]}", "%Y-%m-%d %H:%M:%S"))
+    return t + (int(m[3]) / 10 ** len(m[3]) if m[3] else 0.0)
+
+
+def _breakdown(lab: Lab, report, marks: dict[str, float]) -> dict:
+    """Where one cutover's gap went: every step as seconds after the compute node's last
+    answer from the old controller (``gap_from``), read from the host's clock and the logs."""
+    if report.gap_from is None:
+        return {}
+    lines: dict[str, list[tuple[float, str]]] = {}
+    for name, path in LOGS.items():
+        rc, out, _ = lab.on_sms(["tail", "-n", "3000", path], timeout=60)
+        lines[name] = [(t, ln) for ln in out.splitlines()
+                       if (t := _log_time(ln)) is not None and report.gap_from - 5 <= t <= report.gap_to + 5]
+    new_at = next((t for t, ln in lines["supervisord"] if "supervisord started with pid" in ln), report.gap_to)
+    steps = {k: round(v - report.gap_from, 3) for k, v in marks.items()}
+    for step, log, pattern in STEPS:
+        old = step.startswith("old_")
+        found = [t for t, ln in lines[log] if pattern in ln and (t < new_at if old else t >= new_at)]
+        if found:
+            steps[step] = round(found[0] - report.gap_from, 3)
+    old_last = [t for t, ln in lines["slurmctld"] if t < new_at]
+    if old_last:
+        steps["old_ctld_last_line"] = round(old_last[-1] - report.gap_from, 3)
+    steps["first_answer"] = round(report.gap_to - report.gap_from, 3)
+    return {"gap_s": report.gap_s, "pings_down": report.gap_pings_down,
+            "steps_s": dict(sorted(steps.items(), key=lambda kv: kv[1])),
+            "slurmctld_lines": [f"{t - report.gap_from:+.3f} {ln[:160]}" for t, ln in lines["slurmctld"]][:80]}
+
+
+def _timed(lab: Lab, marks: dict[str, float]) -> None:
+    """Record on the host's clock when the lab's stop and start of SMS-services begin and end."""
+    for name in ("stop_sms", "start_sms"):
+        method = getattr(type(lab), name)
+
+        def wrapper(*args, _method=method, _name=name, **kwargs):
+            marks.setdefault(f"host_{_name}_called", time.time())
+            try:
+                return _method(lab, *args, **kwargs)
+            finally:
+                marks.setdefault(f"host_{_name}_returned", time.time())
+        setattr(lab, name, wrapper)
+
+
 def _cutovers(lab: Lab, project: Project, count: int, say: Say, label: str) -> dict:
-    gaps, lost_total, oks = [], 0, 0
+    gaps, lost_total, oks, breakdowns = [], 0, 0, []
     for i in range(count):
         before = set(job_states(lab))
-        report = cutover(lab, project, lab.sms_sif, trust=Trust.candidate(), deadline=180)
+        marks: dict[str, float] = {}
+        _timed(lab, marks)
+        try:
+            report = cutover(lab, project, lab.sms_sif, trust=Trust.candidate(), deadline=180)
+        finally:
+            for name in ("stop_sms", "start_sms"):
+                lab.__dict__.pop(name, None)
         after = set(job_states(lab))
         lost = before - after
         lost_total += len(lost)
         oks += report.ok and not report.rolled_back
         if report.gap_s is not None:
             gaps.append(report.gap_s)
+        breakdowns.append(_breakdown(lab, report, marks))
         say(f"cutover {i + 1}/{count} ({label}): gap {report.gap_s} s, ok {report.ok}, "
-            f"{len(before)} jobs before, {len(lost)} lost")
+            f"{len(before)} jobs before, {len(lost)} lost; steps {breakdowns[-1].get('steps_s')}")
     return {"cutovers": count, "ok": oks, "gaps_s": gaps, "gap_median_s": statistics.median(gaps) if gaps else None,
-            "gap_max_s": max(gaps) if gaps else None, "jobs_lost": lost_total}
+            "gap_max_s": max(gaps) if gaps else None, "jobs_lost": lost_total, "breakdown": breakdowns}
 
 
 # A second munged beside the running one, with SchedMD's high-throughput thread count, on
@@ -263,16 +337,22 @@ def _rehearsal(lab: Lab, project: Project, apptainer: Apptainer, job_nodes: int,
     return out
 
 
+# The bench's phases, in the order they run (``phases`` picks some: a bench of one question).
+PHASES = ("empty", "munge", "syslog", "ntp", "pending", "throughput", "overhead", "rehearsal")
+
+
 def run_load(project: Project, apptainer: Apptainer, release: str, *, nodes: int = 450, jobs: int = 10000,
-             job_nodes: int = 2, cutovers: int = 3, sif: Path | None = None, seconds: float = 10,
-             syslog_messages: int = 200_000, overhead_jobs: int = 2000, rehearsal: bool = True,
+             job_nodes: int = 2, cutovers: int = 3, sif: Path | None = None, compute_sif: Path | None = None,
+             site_values: dict | None = None, seconds: float = 10, syslog_messages: int = 200_000,
+             overhead_jobs: int = 2000, rehearsal: bool = True, phases: tuple[str, ...] = PHASES,
              say: Say = lambda s: None) -> dict:
     result: dict = {"release": release, "nodes": nodes, "job_nodes": job_nodes, "jobs": jobs,
+                    "phases": list(phases), "site_values": site_values or {},
                     "machine": {"cpus": os.cpu_count(), "mem_available_mib_before": round(mem_available_mib())}}
     mem_before = mem_available_mib()
     t = time.monotonic()
     with scale_lab(project, apptainer, release, nodes, job_nodes=job_nodes, name="smsload", sif=sif,
-                   ready_timeout=600, say=say) as lab:
+                   compute_sif=compute_sif, site_values=site_values, ready_timeout=600, say=say) as lab:
         assert lab.farm is not None
         result["lab"] = {**lab.timings, "with_image_checks_s": round(time.monotonic() - t, 1),
                          "farm": lab.farm.memory(),
@@ -281,29 +361,39 @@ def run_load(project: Project, apptainer: Apptainer, release: str, *, nodes: int
             f"{result['lab']['farm']['pss_mib']} MiB PSS ({result['lab']['farm']['pss_per_node_mib']} per node), "
             f"machine {result['lab']['machine_mem_used_mib']} MiB more in use")
         _save_partial(result)
-        result["cutover_empty_queue"] = _cutovers(lab, project, cutovers, say, "empty queue")
-        result["munge"] = _munge(lab, say)
+        if "empty" in phases:
+            result["cutover_empty_queue"] = _cutovers(lab, project, cutovers, say, "empty queue")
+        if "munge" in phases:
+            result["munge"] = _munge(lab, say)
         senders = [lab.farm.netns(n) for n in lab.farm.nodes]
-        result["syslog"] = _syslog(lab, senders, seconds * 6, syslog_messages, say)
-        result["ntp"] = _loadgen(lab, "ntp", senders, seconds, say)
-        say(f"ntp: {result['ntp'].get('per_s')} answers/s for {result['ntp'].get('senders')} clients")
+        if "syslog" in phases:
+            result["syslog"] = _syslog(lab, senders, seconds * 6, syslog_messages, say)
+        if "ntp" in phases:
+            result["ntp"] = _loadgen(lab, "ntp", senders, seconds, say)
+            say(f"ntp: {result['ntp'].get('per_s')} answers/s for {result['ntp'].get('senders')} clients")
         _save_partial(result)
-        say(f"submitting {jobs} held jobs")
-        ids, submit_s = submit_jobs(lab, jobs, hold=True, timeout=7200)
-        result["submit"] = {"jobs": jobs, "seconds": round(submit_s, 1), "per_s": round(jobs / submit_s, 1)}
-        say(f"submitted {jobs} jobs in {submit_s:.0f} s ({jobs / submit_s:.0f}/s)")
-        result["cutover_pending_queue"] = _cutovers(lab, project, cutovers, say, f"{jobs} pending")
-        _save_partial(result)
-        result["throughput"] = _throughput(lab, ids, timeout=max(1800, jobs), say=say)
-        result["lab"]["farm_after"] = lab.farm.memory()
-        _save_partial(result)
-        if overhead_jobs:
+        ids: list[str] = []
+        if {"pending", "throughput"} & set(phases):
+            say(f"submitting {jobs} held jobs")
+            ids, submit_s = submit_jobs(lab, jobs, hold=True, timeout=7200)
+            result["submit"] = {"jobs": jobs, "seconds": round(submit_s, 1), "per_s": round(jobs / submit_s, 1)}
+            say(f"submitted {jobs} jobs in {submit_s:.0f} s ({jobs / submit_s:.0f}/s)")
+        if "pending" in phases:
+            result["cutover_pending_queue"] = _cutovers(lab, project, cutovers, say, f"{jobs} pending")
+            _save_partial(result)
+        if "throughput" in phases:
+            result["throughput"] = _throughput(lab, ids, timeout=max(1800, jobs), say=say)
+            result["lab"]["farm_after"] = lab.farm.memory()
+            _save_partial(result)
+        elif ids:  # held jobs left in the queue would only slow the next phases
+            lab.on_sms(["scancel", "-n", "trivial"], timeout=300)
+        if overhead_jobs and "overhead" in phases:
             try:
                 result["overhead"] = _overhead(lab, overhead_jobs, nodes, say)
             except UserError as err:  # the other numbers stand without this one
                 result["overhead"] = {"error": str(err)}
                 say(f"container overhead not measured: {err}")
-        if rehearsal:
+        if rehearsal and "rehearsal" in phases:
             _save_partial(result)
             result["rehearsal"] = _rehearsal(lab, project, apptainer, job_nodes, say)
     result["lab"]["teardown_s"] = lab.timings.get("teardown_s")
