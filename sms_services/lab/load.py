@@ -90,7 +90,10 @@ def _breakdown(lab: Lab, report, marks: dict[str, float]) -> dict:
         return {}
     lines: dict[str, list[tuple[float, str]]] = {}
     for name, path in LOGS.items():
-        rc, out, _ = lab.on_sms(["tail", "-n", "3000", path], timeout=60)
+        # slurmctld logs one line per job it recovers: of each run of those, the first and last.
+        rc, out, _ = lab.on_sms(["sh", "-c", f"tail -n 100000 {path} | awk '/Recovered JobId/ "
+                                 "{ if (!n++) print; last = $0; next } n > 1 { print last } { n = 0; print }'"],
+                                timeout=60)
         lines[name] = [(t, ln) for ln in out.splitlines()
                        if (t := _log_time(ln)) is not None and report.gap_from - 5 <= t <= report.gap_to + 5]
     new_at = next((t for t, ln in lines["supervisord"] if "supervisord started with pid" in ln), report.gap_to)
@@ -106,7 +109,8 @@ def _breakdown(lab: Lab, report, marks: dict[str, float]) -> dict:
     steps["first_answer"] = round(report.gap_to - report.gap_from, 3)
     return {"gap_s": report.gap_s, "pings_down": report.gap_pings_down,
             "steps_s": dict(sorted(steps.items(), key=lambda kv: kv[1])),
-            "slurmctld_lines": [f"{t - report.gap_from:+.3f} {ln[:160]}" for t, ln in lines["slurmctld"]][:80]}
+            **{f"{name}_lines": [f"{t - report.gap_from:+.3f} {ln[:160]}" for t, ln in found][:80]
+               for name, found in lines.items()}}
 
 
 def _timed(lab: Lab, marks: dict[str, float]) -> None:
