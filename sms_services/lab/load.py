@@ -28,12 +28,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from sms_services.apptainer import Apptainer
 from sms_services.errors import UserError
 from sms_services.inputs.project import Project
+from sms_services.inputs.site import load_site, render_site
 from sms_services.lab.cluster import Lab
 from sms_services.lab.scale import job_states, scale_lab, submit_jobs, wait_nodes
 from sms_services.runtime.cutover import cutover
+from sms_services.runtime.overlay import write_overlay_files
 from sms_services.trust.signing import Trust
 
 Say = Callable[[str], None]
@@ -366,6 +370,52 @@ def _overhead(lab: Lab, count: int, nodes: int, say: Say) -> dict:
     return out
 
 
+def _restart_with(lab: Lab, values: dict, nodes: int, say: Say) -> None:
+    """SMS-services restarted on its overlay with slurm.conf rendered from the lab's site plus
+    ``values`` (checked as a site file is); slurmctld alone reads what the tuning changes."""
+    raw = yaml.safe_load(lab.site.path.read_text())
+    path = lab.work / "tuned-site.yaml"
+    path.write_text(yaml.safe_dump({**raw, **values}, sort_keys=False))
+    site = load_site(path, lab.sms_fragments)
+    conf = "/etc/slurm/slurm.conf"
+    lab.stop_sms()
+    try:
+        owners, modes = lab.site_file_modes()
+        assert lab.sms_overlay is not None
+        write_overlay_files(lab.sms_overlay, {conf: render_site(site, lab.sms_fragments, lab.release)[conf]},
+                            owners=owners, modes=modes)
+    finally:
+        lab.start_sms(lab.sms_sif)
+    wait_nodes(lab, nodes, 300, say=say)
+
+
+def _tuning(lab: Lab, values: dict, count: int, nodes: int, say: Say) -> dict:
+    """``count`` held-then-released jobs per side, with slurm.conf as the lab's site renders it
+    ("base") and with ``values`` added ("tuned"), in halves, base, tuned, tuned, base: sbatch's
+    rate and the jobs' (the same alternation as the container/host comparison)."""
+    out: dict = {"values": values, "jobs": count, "order": ["base", "tuned", "tuned", "base"], "runs": []}
+    current = "base"
+    try:
+        for side in out["order"]:
+            if side != current:
+                _restart_with(lab, values if side == "tuned" else {}, nodes, say)
+                current = side
+            ids, submit_s = submit_jobs(lab, count // 2, hold=True)
+            tp = _throughput(lab, ids, timeout=max(900, count), say=say)
+            out["runs"].append({"mode": side, "submit_per_s": round(len(ids) / submit_s, 1), **tp})
+            say(f"{side}: {out['runs'][-1]['submit_per_s']} submitted/s, {tp['completed_per_s']} completed/s")
+    finally:
+        if current != "base":
+            _restart_with(lab, {}, nodes, say)
+    for side in ("base", "tuned"):
+        out[side] = _side_sum([r for r in out["runs"] if r["mode"] == side])
+    b, t = out["base"], out["tuned"]
+    out["ratio_completed"] = round(t["completed_per_s"] / b["completed_per_s"], 3) if b["completed_per_s"] else None
+    out["ratio_submit"] = round(t["submit_per_s"] / b["submit_per_s"], 3) if b["submit_per_s"] else None
+    say(f"tuned/base: completed {out['ratio_completed']}, submitted {out['ratio_submit']}")
+    return out
+
+
 def _rehearsal(lab: Lab, project: Project, apptainer: Apptainer, job_nodes: int, say: Say) -> dict:
     """``rehearse`` of the same image on a copy of this lab's overlay with its N-node site (the
     nodes simulated by a second node farm): time, memory, and the verdict."""
@@ -396,14 +446,14 @@ def _rehearsal(lab: Lab, project: Project, apptainer: Apptainer, job_nodes: int,
 
 
 # The bench's phases, in the order they run (``phases`` picks some: a bench of one question).
-PHASES = ("empty", "munge", "syslog", "ntp", "pending", "throughput", "overhead", "rehearsal")
+PHASES = ("empty", "munge", "syslog", "ntp", "pending", "throughput", "overhead", "tuning", "rehearsal")
 
 
 def run_load(project: Project, apptainer: Apptainer, release: str, *, nodes: int = 450, jobs: int = 10000,
              job_nodes: int = 2, cutovers: int = 3, sif: Path | None = None, compute_sif: Path | None = None,
              site_values: dict | None = None, seconds: float = 10, syslog_messages: int = 200_000,
              overhead_jobs: int = 2000, rehearsal: bool = True, phases: tuple[str, ...] = PHASES,
-             say: Say = lambda s: None) -> dict:
+             tune: dict | None = None, say: Say = lambda s: None) -> dict:
     result: dict = {"release": release, "nodes": nodes, "job_nodes": job_nodes, "jobs": jobs,
                     "phases": list(phases), "site_values": site_values or {},
                     "machine": {"cpus": os.cpu_count(), "mem_available_mib_before": round(mem_available_mib())}}
@@ -451,6 +501,9 @@ def run_load(project: Project, apptainer: Apptainer, release: str, *, nodes: int
             except UserError as err:  # the other numbers stand without this one
                 result["overhead"] = {"error": str(err)}
                 say(f"container overhead not measured: {err}")
+        if tune and "tuning" in phases:
+            result["tuning"] = _tuning(lab, tune, jobs, nodes, say)
+            _save_partial(result)
         if rehearsal and "rehearsal" in phases:
             _save_partial(result)
             result["rehearsal"] = _rehearsal(lab, project, apptainer, job_nodes, say)
