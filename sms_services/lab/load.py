@@ -370,13 +370,14 @@ def _overhead(lab: Lab, count: int, nodes: int, say: Say) -> dict:
     return out
 
 
-def _restart_with(lab: Lab, values: dict, nodes: int, say: Say) -> None:
+def _restart_with(lab: Lab, project: Project, values: dict, nodes: int, say: Say) -> None:
     """SMS-services restarted on its overlay with slurm.conf rendered from the lab's site plus
     ``values`` (checked as a site file is); slurmctld alone reads what the tuning changes."""
     raw = yaml.safe_load(lab.site.path.read_text())
     path = lab.work / "tuned-site.yaml"
     path.write_text(yaml.safe_dump({**raw, **values}, sort_keys=False))
-    site = load_site(path, lab.sms_fragments)
+    # Every fragment's keys are allowed (the lab site sets slurmdbd's, which 3.5 has not).
+    site = load_site(path, lab.sms_fragments, list(project.fragments.values()))
     conf = "/etc/slurm/slurm.conf"
     lab.stop_sms()
     try:
@@ -389,7 +390,7 @@ def _restart_with(lab: Lab, values: dict, nodes: int, say: Say) -> None:
     wait_nodes(lab, nodes, 300, say=say)
 
 
-def _tuning(lab: Lab, values: dict, count: int, nodes: int, say: Say) -> dict:
+def _tuning(lab: Lab, project: Project, values: dict, count: int, nodes: int, say: Say) -> dict:
     """``count`` held-then-released jobs per side, with slurm.conf as the lab's site renders it
     ("base") and with ``values`` added ("tuned"), in halves, base, tuned, tuned, base: sbatch's
     rate and the jobs' (the same alternation as the container/host comparison)."""
@@ -398,7 +399,7 @@ def _tuning(lab: Lab, values: dict, count: int, nodes: int, say: Say) -> dict:
     try:
         for side in out["order"]:
             if side != current:
-                _restart_with(lab, values if side == "tuned" else {}, nodes, say)
+                _restart_with(lab, project, values if side == "tuned" else {}, nodes, say)
                 current = side
             ids, submit_s = submit_jobs(lab, count // 2, hold=True)
             tp = _throughput(lab, ids, timeout=max(900, count), say=say)
@@ -406,7 +407,7 @@ def _tuning(lab: Lab, values: dict, count: int, nodes: int, say: Say) -> dict:
             say(f"{side}: {out['runs'][-1]['submit_per_s']} submitted/s, {tp['completed_per_s']} completed/s")
     finally:
         if current != "base":
-            _restart_with(lab, {}, nodes, say)
+            _restart_with(lab, project, {}, nodes, say)
     for side in ("base", "tuned"):
         out[side] = _side_sum([r for r in out["runs"] if r["mode"] == side])
     b, t = out["base"], out["tuned"]
@@ -501,8 +502,9 @@ def run_load(project: Project, apptainer: Apptainer, release: str, *, nodes: int
             except UserError as err:  # the other numbers stand without this one
                 result["overhead"] = {"error": str(err)}
                 say(f"container overhead not measured: {err}")
+            _save_partial(result)
         if tune and "tuning" in phases:
-            result["tuning"] = _tuning(lab, tune, jobs, nodes, say)
+            result["tuning"] = _tuning(lab, project, tune, jobs, nodes, say)
             _save_partial(result)
         if rehearsal and "rehearsal" in phases:
             _save_partial(result)
