@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -54,6 +55,11 @@ def table(r: dict) -> Table:
         rows.append((f"container / host networking, {o['jobs']} jobs (completed/s, submitted/s)",
                      f"{o['ratio_completed']} ({o['container']['completed_per_s']} / {o['host']['completed_per_s']}), "
                      f"{o['ratio_submit']}"))
+    tu = r.get("tuning", {})
+    if "ratio_completed" in tu:
+        rows.append((f"tuned / base slurm.conf ({tu['values']}), {tu['jobs']} jobs (completed/s, submitted/s)",
+                     f"{tu['ratio_completed']} ({tu['tuned']['completed_per_s']} / {tu['base']['completed_per_s']}), "
+                     f"{tu['ratio_submit']} ({tu['tuned']['submit_per_s']} / {tu['base']['submit_per_s']})"))
     rh = r.get("rehearsal", {})
     if "go" in rh:
         rows.append((f"rehearsal, {rh['farm_nodes'] + len(rh['instance_nodes'])} nodes "
@@ -92,8 +98,27 @@ def main() -> int:
     ap.add_argument("--overhead-jobs", type=int, default=2000,
                     help="jobs per side of the container-vs-host-networking comparison (0: skip it)")
     ap.add_argument("--no-rehearsal", action="store_true", help="skip the N-node rehearsal at the end")
+    ap.add_argument("--compute-sif", type=Path, help="the compute node image (with --sif: nothing is built)")
+    ap.add_argument("--phases", default=",".join(load.PHASES),
+                    help=f"comma-separated phases to run, of {','.join(load.PHASES)} (default: all)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a site variable for the lab (YAML value), e.g. --set 'scheduler_parameters=defer'")
+    ap.add_argument("--tune", action="append", default=[], metavar="KEY=VALUE",
+                    help="the tuning phase: --jobs jobs each with the lab's slurm.conf and with these site "
+                         "variables, alternated (e.g. --tune 'scheduler_parameters=defer,max_rpc_cnt=150')")
     ap.add_argument("--out", type=Path, default=Path("results/load.json"))
     args = ap.parse_args()
+    phases = tuple(p for p in args.phases.split(",") if p)
+    unknown = [p for p in phases if p not in load.PHASES]
+    if unknown:
+        ap.error(f"--phases: unknown {','.join(unknown)} (known: {','.join(load.PHASES)})")
+    site_values, tune = {}, {}
+    for flag, items, into in (("--set", args.set, site_values), ("--tune", args.tune, tune)):
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                ap.error(f"{flag} {item}: give KEY=VALUE")
+            into[key] = yaml.safe_load(value) if value else ""
     # 10,000 queued jobs are 10,000 saved scripts in the overlay, and logs grow under load.
     os.environ.setdefault("SMS_LAB_OVERLAY_MIB", "1024")
     console = Console()
@@ -110,6 +135,7 @@ def main() -> int:
         release = args.release or project.matrix.default
         result = load.run_load(project, Apptainer.find(), release, nodes=args.nodes, jobs=args.jobs,
                                job_nodes=args.job_nodes, cutovers=args.cutovers, sif=args.sif,
+                               compute_sif=args.compute_sif, site_values=site_values, phases=phases, tune=tune,
                                seconds=args.seconds, syslog_messages=args.syslog_messages,
                                overhead_jobs=args.overhead_jobs,
                                rehearsal=not args.no_rehearsal, say=say)

@@ -27,27 +27,32 @@ from sms_services.lab.verify import open_lab
 SCALE_NETWORK = "198.18.0.0/21"
 
 
-def write_scale_site(project: Project, nodes: int, folder: Path) -> Path:
+def write_scale_site(project: Project, nodes: int, folder: Path, values: dict | None = None) -> Path:
+    """The lab site with ``nodes`` nodes; ``values`` set further site variables (a bench's tuning)."""
     base = (project.root / "overlays/lab/site.yaml").read_text()
     site = folder / "site.yaml"
-    site.write_text(scale_site_text(base, scale_nodes(yaml.safe_load(base)["nodes"], SCALE_NETWORK, nodes),
-                                    SCALE_NETWORK))
+    text = scale_site_text(base, scale_nodes(yaml.safe_load(base)["nodes"], SCALE_NETWORK, nodes), SCALE_NETWORK)
+    if values:
+        text = yaml.safe_dump({**yaml.safe_load(text), **values}, sort_keys=False)
+    site.write_text(text)
     return site
 
 
 @contextmanager
 def scale_lab(project: Project, apptainer: Apptainer, release: str, nodes: int, *, job_nodes: int = 2,
-              name: str = "smsscale", sif: Path | None = None, ready_timeout: float = 180,
+              name: str = "smsscale", sif: Path | None = None, compute_sif: Path | None = None,
+              site_values: dict | None = None, ready_timeout: float = 180,
               say: Callable[[str], None] = lambda s: None) -> Iterator[Lab]:
-    """A lab with ``nodes`` registered nodes (``job_nodes`` of them full instances)."""
+    """A lab with ``nodes`` registered nodes (``job_nodes`` of them full instances); ``sif`` and
+    ``compute_sif`` given together: no image is built; ``site_values``: further site variables."""
     if not 1 <= job_nodes <= nodes:
         raise UserError(f"--job-nodes {job_nodes}: give 1 to {nodes} (the number of nodes)")
     folder = Path(tempfile.mkdtemp(prefix=f"{name}site"))  # not "<name>-": the lab removes those
     try:
-        site = write_scale_site(project, nodes, folder)
+        site = write_scale_site(project, nodes, folder, site_values)
         t = time.monotonic()
-        with open_lab(project, apptainer, release, sif=sif, site_path=site, name=name, job_nodes=job_nodes,
-                      say=say) as lab:
+        with open_lab(project, apptainer, release, sif=sif, compute_sif=compute_sif, site_path=site, name=name,
+                      job_nodes=job_nodes, say=say) as lab:
             lab.timings["open_lab_s"] = round(time.monotonic() - t, 2)  # with image checks (and builds)
             t = time.monotonic()
             wait_nodes(lab, nodes, ready_timeout, say=say)

@@ -94,6 +94,20 @@ def outages(samples: list[tuple[float, bool]], since: float) -> list[float] | No
     return None if down else found
 
 
+def longest_outage(samples: list[tuple[float, bool]], since: float) -> tuple[float, float, int] | None:
+    """The longest outage after ``since`` as (last answer before it, first answer after it,
+    unanswered pings between them), wall-clock times; None without one that ended."""
+    best, last_up, down = None, max((t for t, up in samples if up and t < since), default=since), 0
+    for t, up in (s for s in samples if s[0] >= since):
+        if up:
+            if down and (best is None or t - last_up > best[1] - best[0]):
+                best = (last_up, t, down)
+            last_up, down = t, 0
+        else:
+            down += 1
+    return best
+
+
 @dataclass
 class CutoverReport:
     old_sif: str
@@ -105,6 +119,11 @@ class CutoverReport:
     rolled_back: bool = False
     gap_s: float | None = None  # the longest time the controller did not answer (None: it never did again)
     outages_s: list[float] = field(default_factory=list)
+    # The longest outage's edges (wall clock, as the compute node saw them) and how many
+    # pings went unanswered in it: how a gap splits into stop, start and the loop's own steps.
+    gap_from: float | None = None
+    gap_to: float | None = None
+    gap_pings_down: int = 0
     stop_s: float = 0.0
     start_s: float = 0.0
     green_s: float = 0.0  # new instance started -> every probe passed
@@ -253,6 +272,9 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
         gaps = outages(watch.samples(), since)
         report.outages_s = gaps or []
         report.gap_s = None if gaps is None else max(gaps, default=0.0)
+        edges = longest_outage(watch.samples(), since)
+        if edges is not None:
+            report.gap_from, report.gap_to, report.gap_pings_down = edges
     finally:
         watch.stop()
         if before is not None:

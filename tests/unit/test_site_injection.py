@@ -38,6 +38,7 @@ GOOD: dict[str, Any] = {
     **{name: var.default for name, (var, _) in DECL.items()}, **LAB, "ntp_servers": "ntp.example.org", "mail_relay": "[smtp.example.org]:25",
     "syslog_forward": "syslog.example.org:514", "wwclient_port": 9873,
     "wwclient_protocol": "ww4-provision", "wwclient_assetkey": "asset-1",
+    "scheduler_parameters": "defer,max_rpc_cnt=150", "slurmctld_parameters": "enable_rpc_queue",
 }
 # What a value could use to start a line, a token, a string or a comment.
 ATTACKS = ["\n", "\r", "\r\n", "\u2028", "\x0b", "\x85", '"', "'", "\\", "#", " ", "\t", ";", "$", "%", "}"]
