@@ -130,7 +130,10 @@ def program_conf(frag: Fragment, priority: int) -> list[str]:
         "startretries=100",
         "exitcodes=0",
         "stopsignal=TERM",
-        "stopwaitsecs=3",
+        # The start script's stop waits 10 s for every program, and so does `apptainer
+        # instance stop -t 10`; 3 s here let supervisord's own shutdown SIGKILL a slurmctld
+        # still writing a large state (50,000 jobs on a busy host) before either gave up.
+        "stopwaitsecs=10",
         "stopasgroup=true",
         "killasgroup=true",
         "redirect_stderr=true",
