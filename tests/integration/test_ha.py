@@ -172,6 +172,48 @@ def test_a_network_split_leaves_exactly_one_instance(cluster: HaPair) -> None:
     assert ha.located() == active  # stickiness: it does not pull SMS-services over
 
 
+def test_a_host_whose_bridge_goes_down_hands_sms_services_over(cluster: HaPair) -> None:
+    """The provisioning bridge down on the host running SMS-services (the host alive): the
+    ethmonitor attribute drops to 0 there, the -INFINITY rule of smsctl ha config moves
+    SMS-services to the other host, every probe is green there; once the bridge is back,
+    the host is eligible again by itself (no failure left to clean up) and stickiness keeps
+    SMS-services where it is."""
+    ha, lab = cluster, cluster.lab
+    for host in HOSTS:  # (an earlier test may have left its fenced host off)
+        if not ha.alive(host):
+            ha.boot(host)
+    src = ha.wait_located()
+    dst = ha.other(src)
+    bridge = f"{lab.name}-p"
+    down = ["ip", "-n", ha.netns[src], "link", "set", bridge, "down"]
+    with Writers(lab.sms_overlay) as writers:
+        t = time.monotonic()
+        subprocess.run(down, check=True)
+        try:
+            moved = ha.wait_located(timeout=150, not_on=src)
+            took = time.monotonic() - t
+            r = probe_green(ha, dst)
+        finally:
+            subprocess.run([*down[:-1], "up"], check=True)
+    assert moved == dst
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert writers.most == 1, writers.most
+    print(f"bridge down: started on {dst} {took:.1f} s after the bridge went down")
+    attr = f"sms-bridge-{bridge}"
+    deadline = time.monotonic() + 60
+    q = None
+    while time.monotonic() < deadline:
+        q = ha.run(dst, ["crm_attribute", "--node", src, "--name", attr, "--lifetime", "reboot", "--query"])
+        if "value=1" in q.stdout:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"{attr} not back to 1 on {src} without a cleanup: {q.stdout if q else ''}")
+    out = ha.run(dst, ["crm_mon", "-1", "--output-as=xml"]).stdout
+    assert "<failure " not in out, out[-1500:]  # nothing an admin must clear
+    assert ha.located() == dst  # stickiness: the bridge's return does not pull it back
+
+
 def test_host_death_fences_it_and_the_other_host_takes_over(cluster: HaPair) -> None:
     ha, lab = cluster, cluster.lab
     dead = ha.wait_located()
