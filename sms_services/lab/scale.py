@@ -97,8 +97,10 @@ def submit_jobs(lab: Lab, count: int, *, hold: bool = False, exclude: list[str] 
     submitters at once; their ids and the seconds the submissions took.
 
     A time limit of ``minutes``, not one: with 1 minute, 44 of the 250 jobs running across a
-    cutover in one run ended TIMEOUT (not yet explained; likely their end reached the new
-    controller late: slurmstepd retries a lost completion message after a delay)."""
+    cutover in one run ended TIMEOUT. Not a late end report (slurmstepd retries it each second
+    for MessageTimeout, so it reaches the new controller about a second after it listens):
+    the controller held them RUNNING with no slurmstepd reporting them, and a 1-minute limit
+    comes before the node registration that would requeue them (README, Scale)."""
     args = ["--parsable", "-t", str(minutes), "-o", "/dev/null", "-J", "trivial"]
     if hold:
         args.append("-H")
