@@ -157,7 +157,7 @@ else
     # from starting at boot; `smsctl ha` and the admin configure the pair first.
     NEW_HA=$(printf '%s\n' "${MISSING[@]}" | grep -xE 'corosync|pacemaker' || true)
     if [[ -n $NEW_HA && ! -e $POLICY && ! -L $POLICY ]]; then
-      (set -C; printf '#!/bin/sh\n# install-host.sh, while it installs: no corosync/pacemaker start\ncase "$1" in corosync|pacemaker) exit 101 ;; esac\nexit 0\n' >"$POLICY") &&
+      (set -C; printf '#!/bin/sh\n# install-host.sh, while it installs: no corosync/pacemaker start\ncase "$1" in corosync|pacemaker|corosync.service|pacemaker.service) exit 101 ;; esac\nexit 0\n' >"$POLICY") &&
         chmod 0755 "$POLICY" && OWN_POLICY=1
     fi
     run apt-get install -y --no-install-recommends "${MISSING[@]}" ||

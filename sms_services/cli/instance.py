@@ -190,7 +190,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     from sms_services.runtime.cutover import cutover
     from sms_services.runtime.deploy import Deployment, Record, images_dir
     from sms_services.runtime.ha import unmanaged
-    from sms_services.runtime.pin import checked
+    from sms_services.runtime.pin import checked, holding
     from sms_services.runtime.units import unit_name
 
     record = Record.load(args.name)
@@ -208,7 +208,8 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     # Under Pacemaker the cluster must not "recover" the instance the cutover stops; the
     # resource's start reads the record, so the new image is the resource's from now on.
     held = unmanaged(args.pacemaker_resource) if args.pacemaker_resource else contextlib.nullcontext()
-    with held, Deployment(project, apptainer, record, jobs=args.jobs) as dep:
+    # The old image's copy stays until the cutover ends: a rollback starts it again.
+    with held, holding(Path(record.sif)), Deployment(project, apptainer, record, jobs=args.jobs) as dep:
         if not dep.running():
             raise UserError(f"instance {args.name} is not running; a cutover replaces a running instance "
                             f"(smsctl start starts one)")

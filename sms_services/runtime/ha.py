@@ -108,6 +108,9 @@ def load_config(path: Path) -> HaConfig:
         if value < low:
             raise f.fail(key, f"must be at least {low}")
         numbers[key] = value
+    if numbers["ready_timeout"] >= START_TIMEOUT_S:
+        # Counted after smsctl start returns: as long as the start timeout, it would never fire.
+        raise f.fail("ready_timeout", f"must be below the resource's start timeout ({START_TIMEOUT_S} s)")
     nodes = []
     for n in f.list_of_mappings("nodes"):
         n.unknown({"name", "fence"})

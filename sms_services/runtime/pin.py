@@ -20,6 +20,7 @@ exclusive one, so one command never removes what another is about to start.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -106,9 +107,16 @@ def pin(sif: Path, folder: Path) -> tuple[Path, bool]:
             os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
             made = True
         except FileExistsError:
-            if not _same(dir_fd, name, h.hexdigest()):  # (only root can write here: a damaged disk)
-                os.unlink(name, dir_fd=dir_fd)
-                os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            # Not the same: a damaged copy (only root writes here), or one another smsctl's
+            # cleanup removed just now; either way ours takes its place.
+            if not _same(dir_fd, name, h.hexdigest()):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dir_fd)
+                try:
+                    os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                except FileExistsError:
+                    raise UserError(f"{folder}: another smsctl is copying {sif} there at the same moment; "
+                                    "run this again") from None
                 made = True
         os.fsync(dir_fd)
         return folder.resolve() / name, made
@@ -155,6 +163,18 @@ def _hold(copy: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+@contextmanager
+def holding(copy: Path) -> Iterator[None]:
+    """Keep ``copy`` from any other smsctl's cleanup inside the block (a cutover's old image:
+    the record stops naming it at the new start, but a rollback needs it until the end)."""
+    fd = _hold(copy)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            _release(fd)
 
 
 def _pinned_and_held(sif: Path, folder: Path) -> tuple[Path, int, bool]:
@@ -272,8 +292,8 @@ def checked(apptainer: Apptainer, sif: Path, trust: Trust, folder: Path,
         if named is not None:
             try:
                 keep = set(named())
-            except UserError:
-                keep = None  # a record that does not load: remove nothing it might name
+            except Exception:  # noqa: BLE001 (a record that does not load: remove nothing it might name)
+                keep = None
             if keep is not None:
                 prune(folder, keep | ({found.path.name} if found.keep else set()))
         elif found.made and not found.keep:

@@ -14,7 +14,8 @@ from sifmaker import write_sif as make_sif
 from sms_services.cli import main as cli
 from sms_services.errors import UserError
 from sms_services.runtime import deploy
-from sms_services.runtime.pin import checked, checked_copy, pin, prune
+from sms_services.runtime import pin as pin_module
+from sms_services.runtime.pin import checked, checked_copy, holding, pin, prune
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.signing import Trust
 
@@ -130,6 +131,32 @@ def test_a_copy_another_command_holds_is_never_removed(tmp_path: Path) -> None:
     assert prune(folder, []) == [start.path.name]  # nobody holds it, no record names it
     (folder / "notes.txt").write_text("the admin's")
     assert prune(folder, []) == [] and (folder / "notes.txt").exists()  # only copies pin made
+
+
+def test_a_cutovers_old_image_is_kept_until_the_cutover_ends(tmp_path: Path) -> None:
+    """The record names the new copy from the new start on; a rollback still needs the old
+    one, so no other smsctl's cleanup may remove it meanwhile."""
+    sif = make_sif(tmp_path / "image.sif", SIGNED)
+    old, _ = pin(sif, tmp_path / "images")
+    with holding(old):
+        assert prune(tmp_path / "images", []) == [] and old.exists()
+    assert prune(tmp_path / "images", []) == [old.name]
+    with holding(old):  # (gone already: nothing to hold, no error)
+        pass
+
+
+def test_a_copy_removed_while_pin_looks_at_it_is_made_again_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sif = make_sif(tmp_path / "image.sif", SIGNED)
+    folder = tmp_path / "images"
+    first, _ = pin(sif, folder)
+
+    def removed_meanwhile(dir_fd: int, name: str, sha: str) -> bool:
+        os.unlink(name, dir_fd=dir_fd)  # another smsctl's cleanup, between the link and the look
+        return False
+    monkeypatch.setattr(pin_module, "_same", removed_meanwhile)
+    again, made = pin(sif, folder)
+    assert made and again == first and again.read_bytes() == sif.read_bytes()
 
 
 def test_start_starts_the_checked_copy_even_if_the_file_is_swapped_after_the_check(
