@@ -361,13 +361,7 @@ def _overhead(lab: Lab, count: int, nodes: int, say: Say) -> dict:
             say(f"{mode} networking: {out['runs'][-1]['submit_per_s']} submitted/s, {tp['completed_per_s']} completed/s")
     finally:
         _network_mode(lab, "container", current, nodes, say)
-    for mode in ("container", "host"):
-        out[mode] = _side_sum([r for r in out["runs"] if r["mode"] == mode])
-    c, h = out["container"], out["host"]
-    out["ratio_completed"] = round(c["completed_per_s"] / h["completed_per_s"], 3) if h["completed_per_s"] else None
-    out["ratio_submit"] = round(c["submit_per_s"] / h["submit_per_s"], 3) if h["submit_per_s"] else None
-    say(f"container/host: completed {out['ratio_completed']}, submitted {out['ratio_submit']}")
-    return out
+    return _ratios(out, "container", "host", say)
 
 
 def _restart_with(lab: Lab, project: Project, values: dict, nodes: int, say: Say) -> None:
@@ -408,12 +402,17 @@ def _tuning(lab: Lab, project: Project, values: dict, count: int, nodes: int, sa
     finally:
         if current != "base":
             _restart_with(lab, project, {}, nodes, say)
-    for side in ("base", "tuned"):
-        out[side] = _side_sum([r for r in out["runs"] if r["mode"] == side])
-    b, t = out["base"], out["tuned"]
-    out["ratio_completed"] = round(t["completed_per_s"] / b["completed_per_s"], 3) if b["completed_per_s"] else None
-    out["ratio_submit"] = round(t["submit_per_s"] / b["submit_per_s"], 3) if b["submit_per_s"] else None
-    say(f"tuned/base: completed {out['ratio_completed']}, submitted {out['ratio_submit']}")
+    return _ratios(out, "tuned", "base", say)
+
+
+def _ratios(out: dict, side: str, against: str, say: Say) -> dict:
+    """Each side's runs summed, and ``side``'s rates over ``against``'s."""
+    for mode in (side, against):
+        out[mode] = _side_sum([r for r in out["runs"] if r["mode"] == mode])
+    a, b = out[side], out[against]
+    out["ratio_completed"] = round(a["completed_per_s"] / b["completed_per_s"], 3) if b["completed_per_s"] else None
+    out["ratio_submit"] = round(a["submit_per_s"] / b["submit_per_s"], 3) if b["submit_per_s"] else None
+    say(f"{side}/{against}: completed {out['ratio_completed']}, submitted {out['ratio_submit']}")
     return out
 
 
