@@ -20,6 +20,7 @@ from rich.table import Table
 
 from sms_services.apptainer import Apptainer
 from sms_services.errors import UserError
+from sms_services.lab.progress import elapsed_say
 from sms_services.inputs.project import Project, find_root
 from sms_services.lab import ha_bench
 
@@ -81,9 +82,7 @@ def main() -> int:
     args = ap.parse_args()
     console = Console()
     start = time.monotonic()
-
-    def say(line: str) -> None:
-        console.print(f"[dim]{time.monotonic() - start:7.1f} s[/dim] {line}", highlight=False)
+    say = elapsed_say(console)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial.json")

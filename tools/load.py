@@ -21,6 +21,7 @@ from rich.table import Table
 
 from sms_services.apptainer import Apptainer
 from sms_services.errors import UserError
+from sms_services.lab.progress import elapsed_say
 from sms_services.inputs.project import Project, find_root
 from sms_services.lab import load
 
@@ -123,9 +124,7 @@ def main() -> int:
     os.environ.setdefault("SMS_LAB_OVERLAY_MIB", "1024")
     console = Console()
     start = time.monotonic()
-
-    def say(line: str) -> None:
-        console.print(f"[dim]{time.monotonic() - start:7.1f} s[/dim] {line}", highlight=False)
+    say = elapsed_say(console)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial.json")
