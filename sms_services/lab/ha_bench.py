@@ -115,8 +115,8 @@ def _watch_node(lab: Lab) -> str:
 
 def _gap(watch: ControllerWatch, since: float) -> float | None:
     time.sleep(0.5)  # a few samples after the last answer
-    gaps = outages(watch.samples(), since)
-    return None if gaps is None else max(gaps, default=0.0)
+    found = outages(watch.samples(), since)
+    return None if found is None else max((o.seconds for o in found), default=0.0)
 
 
 def host_death(ha: HaPair, say: Say) -> dict:

@@ -98,9 +98,10 @@ def submit_jobs(lab: Lab, count: int, *, hold: bool = False, exclude: list[str] 
 
     A time limit of ``minutes``, not one: with 1 minute, 44 of the 250 jobs running across a
     cutover in one run ended TIMEOUT. Not a late end report (slurmstepd retries it each second
-    for MessageTimeout, so it reaches the new controller about a second after it listens):
-    the controller held them RUNNING with no slurmstepd reporting them, and a 1-minute limit
-    comes before the node registration that would requeue them (README, Scale)."""
+    for MessageTimeout, so it reaches the new controller about a second after it listens).
+    Most likely the controller held them RUNNING with no slurmstepd reporting them, and a
+    1-minute limit came before the node registration that would requeue them; two reruns did
+    not reproduce it (README, Scale)."""
     args = ["--parsable", "-t", str(minutes), "-o", "/dev/null", "-J", "trivial"]
     if hold:
         args.append("-H")

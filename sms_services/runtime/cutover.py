@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from sms_services import slurm
 from sms_services.errors import UserError
@@ -75,37 +76,33 @@ class ControllerWatch:
         self._fh.close()
 
 
-def outages(samples: list[tuple[float, bool]], since: float) -> list[float] | None:
-    """Each stretch, after ``since``, from the last answer to the next one, in seconds.
+class Outage(NamedTuple):
+    """One stretch the controller did not answer: its last answer before it and its first
+    after it (wall clock, as the compute node saw them), and the pings unanswered between."""
 
-    Empty when the controller never stopped answering; None when it never came back.
-    """
-    found: list[float] = []
+    last_answer: float
+    next_answer: float
+    unanswered: int
+
+    @property
+    def seconds(self) -> float:
+        return round(self.next_answer - self.last_answer, 2)
+
+
+def outages(samples: list[tuple[float, bool]], since: float) -> list[Outage] | None:
+    """Each outage after ``since``: empty when the controller never stopped answering,
+    None when it never came back."""
+    found: list[Outage] = []
     last_up = max((t for t, up in samples if up and t < since), default=since)
-    down = False
+    down = 0
     for t, up in (s for s in samples if s[0] >= since):
         if up:
             if down:
-                found.append(round(t - last_up, 2))
-                down = False
-            last_up = t
-        else:
-            down = True
-    return None if down else found
-
-
-def longest_outage(samples: list[tuple[float, bool]], since: float) -> tuple[float, float, int] | None:
-    """The longest outage after ``since`` as (last answer before it, first answer after it,
-    unanswered pings between them), wall-clock times; None without one that ended."""
-    best, last_up, down = None, max((t for t, up in samples if up and t < since), default=since), 0
-    for t, up in (s for s in samples if s[0] >= since):
-        if up:
-            if down and (best is None or t - last_up > best[1] - best[0]):
-                best = (last_up, t, down)
+                found.append(Outage(last_up, t, down))
             last_up, down = t, 0
         else:
             down += 1
-    return best
+    return None if down else found
 
 
 @dataclass
@@ -269,12 +266,14 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
                                           say=say_result)
                 report.rolled_back = True
         time.sleep(0.3)  # a few samples after the last start
-        gaps = outages(watch.samples(), since)
-        report.outages_s = gaps or []
-        report.gap_s = None if gaps is None else max(gaps, default=0.0)
-        edges = longest_outage(watch.samples(), since)
-        if edges is not None:
-            report.gap_from, report.gap_to, report.gap_pings_down = edges
+        found = outages(watch.samples(), since)
+        if found is not None:
+            report.outages_s = [o.seconds for o in found]
+            report.gap_s = 0.0
+            if found:
+                worst = max(found, key=lambda o: o.seconds)
+                report.gap_s = worst.seconds
+                report.gap_from, report.gap_to, report.gap_pings_down = worst
     finally:
         watch.stop()
         if before is not None:

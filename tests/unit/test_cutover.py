@@ -1,23 +1,19 @@
 """The service gap and the Slurm step rules of a cutover, without root."""
 
 from sms_services.image.accounts import id_maps
-from sms_services.runtime.cutover import longest_outage, outages, step_reasons
+from sms_services.runtime.cutover import Outage, outages, step_reasons
 
 
 def test_the_gap_runs_from_the_last_answer_to_the_next() -> None:
     samples = [(1.0, True), (2.0, True), (2.5, False), (3.0, False), (4.2, True), (5.0, False), (5.5, True)]
-    assert outages(samples, since=1.5) == [2.2, 1.3]
+    found = outages(samples, since=1.5)
+    assert found == [Outage(2.0, 4.2, 2), Outage(4.2, 5.5, 1)]
+    assert [o.seconds for o in found] == [2.2, 1.3]
 
 
 def test_no_outage_and_no_return_are_told_apart() -> None:
     assert outages([(1.0, True), (2.0, True)], since=1.5) == []
     assert outages([(1.0, True), (2.0, False)], since=1.5) is None
-
-
-def test_the_longest_outage_has_its_edges_and_unanswered_pings() -> None:
-    samples = [(1.0, True), (2.0, True), (2.5, False), (3.0, False), (4.2, True), (5.0, False), (5.5, True)]
-    assert longest_outage(samples, since=1.5) == (2.0, 4.2, 2)
-    assert longest_outage([(1.0, True), (2.0, False)], since=1.5) is None
 
 
 def label(version: str) -> dict[str, str]:
