@@ -138,18 +138,27 @@ def instance_pids(apptainer: Apptainer, instance: str) -> list[int]:
     return [starter, *found] if _comm(starter) == "starter" else found
 
 
+# `instance stop -t 10`, its SIGKILL, the kernel's release of the overlay's loop device.
+STOP_WAIT_S = 20
+
+
 def stop_instance(apptainer: Apptainer, instance: str, overlay: Path | None) -> tuple[float, subprocess.Popen]:
     """Stop ``instance``; seconds it took, and the ``instance stop`` still finishing.
 
     Done when the container's processes are gone and its overlay is released.
     Apptainer's starter lingers for 1.5 s more, and `apptainer instance stop`
     returns only after it: waiting for them would add that to every cutover's gap.
+    A daemon that outlives the 10 s meets SIGKILL when `instance stop` gives up
+    waiting; its overlay is released a moment after that, not at once, and a start
+    in between finds the overlay "in use by another process": so the wait goes on
+    past the stopper's end, bounded.
     """
     t = time.monotonic()
     pids = [p for p in instance_pids(apptainer, instance) if _comm(p) != "starter"]
     stopper = subprocess.Popen([apptainer.binary, "instance", "stop", "-t", "10", instance],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    _gone(pids, overlay, until=lambda: stopper.poll() is not None)
+    deadline = t + STOP_WAIT_S
+    _gone(pids, overlay, until=lambda: time.monotonic() > deadline)
     return round(time.monotonic() - t, 2), stopper
 
 

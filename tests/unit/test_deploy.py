@@ -104,3 +104,25 @@ def test_new_system_accounts_keep_the_clusters_users() -> None:
                                                  "alice:x:2001:2001::/home/alice:/bin/bash"]
     assert files["/etc/group"].endswith("alice:x:2001:\n") and "munge:x:995:" in files["/etc/group"]
     assert files["/etc/shadow"].count("alice") == 1
+
+
+def test_a_stop_waits_for_the_instance_past_the_end_of_apptainer_instance_stop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`instance stop -t 10` returns once it sent SIGKILL, before the killed daemons are
+    gone: a start then would find the overlay in use (seen in a load bench's cutover)."""
+    import threading
+    import time
+
+    from sms_services.runtime import instance
+
+    daemon = subprocess.Popen(["sleep", "1"])
+    threading.Thread(target=daemon.wait, daemon=True).start()  # reaped the moment it ends
+    monkeypatch.setattr(instance, "instance_pids", lambda apptainer, name: [daemon.pid])
+
+    class Stopper:  # an `apptainer instance stop` that is done at once
+        binary = "true"
+
+    t = time.monotonic()
+    seconds, stopper = instance.stop_instance(Stopper(), "sms", None)  # type: ignore[arg-type]
+    stopper.wait()
+    assert daemon.poll() is not None and time.monotonic() - t >= 0.9 and seconds >= 0.9
