@@ -42,8 +42,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
         return 0
     dest = Path(args.backup_to) if args.backup_to else state_dir() / "repair-backups"
     saved = backup(overlay, dest, keep=args.keep)  # e2fsck -y may delete what it cannot place
-    out_console.print(f"backup before repair: {saved.image} (smsctl restore --backup {saved.image} undoes the repair)",
-                      markup=False)
+    out_console.print(f"backup before repair: {saved.image} (smsctl restore {saved.image} --overlay {overlay} "
+                      "undoes the repair, the instance stopped)", markup=False)
     result = repair(overlay)
     changes = [ln for ln in result.output.splitlines() if ln.rstrip().endswith("? yes")]  # what -y agreed to
     for line in changes[:40]:
