@@ -117,13 +117,31 @@ def dependency_depth(fragments: tuple[Fragment, ...]) -> dict[str, int]:
     return depth
 
 
-def program_conf(frag: Fragment, priority: int) -> list[str]:
+def stop_ranks(fragments: tuple[Fragment, ...]) -> dict[str, int]:
+    """When each program stops in the instance's fast stop (the start script's): 0 for what
+    no daemon requires, then what those required, and so on; one rank at a time, all of a
+    rank at once.
+
+    munged must outlive slurmctld: slurmctld's last RPCs at its exit, job launches among
+    them, each need a credential. Stopped at the same moment, they failed, and held
+    slurmctld's exit up to its agent_fini limit (2.3 s seen in a cutover with 450 nodes).
+    """
+    rank: dict[str, int] = {}
+    for f in reversed(fragments):  # dependency order reversed: whatever requires f comes first
+        rank[f.name] = max((rank[g.name] + 1 for g in fragments if f.name in g.requires and g.mode == "daemon"),
+                           default=0)
+    return rank
+
+
+def program_conf(frag: Fragment, priority: int, stop_rank: int = 0) -> list[str]:
     """The supervisord program for one fragment: the order is the priority."""
     daemon = frag.mode == "daemon"
     return [
         f"[program:{frag.name}]",
         f"command={LIBEXEC}/{frag.name}/run",
         f"priority={priority}",
+        # Read from the process's environment by the start script's stop (see stop_ranks).
+        *([f'environment=SMS_STOP_RANK="{stop_rank}"'] if stop_rank else []),
         "autostart=true",
         f"autorestart={'true' if daemon else 'false'}",
         f"startsecs={2 if daemon else 0}",
@@ -215,10 +233,11 @@ def _final_steps(ctx: RenderContext) -> list[str]:
     for frag in ctx.fragments:
         lines += script_lines(frag, "build.sh", ctx)
     lines += ["# --- supervisor programs, in dependency order", f"mkdir -p {ETC}/supervisor.d"]
-    depth = dependency_depth(ctx.fragments)
+    depth, ranks = dependency_depth(ctx.fragments), stop_ranks(ctx.fragments)
     for i, frag in enumerate(f for f in ctx.fragments if f.mode != "none"):
         conf = f"{ETC}/supervisor.d/{(i + 1) * 10:03d}-{frag.name}.conf"
-        lines += [f"cat > {conf} <<'SMS_EOF'", *program_conf(frag, 10 * (depth[frag.name] + 1)), "SMS_EOF"]
+        lines += [f"cat > {conf} <<'SMS_EOF'", *program_conf(frag, 10 * (depth[frag.name] + 1), ranks[frag.name]),
+                  "SMS_EOF"]
     release_env = {
         "SMS_RELEASE": v.release.id,
         "SMS_VARIANT": v.kind,

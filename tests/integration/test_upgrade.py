@@ -446,6 +446,36 @@ def test_power_loss_restart_keeps_slurm_state(lab: Lab) -> None:
     assert int(nxt) > int(running)  # job ids continue: the state was loaded, not reset
 
 
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie (it has exited; nobody reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def test_munged_outlives_slurmctld_at_a_stop(lab: Lab) -> None:
+    """slurmctld's last RPCs at its exit (job launches among them) each need a munge
+    credential: the instance's stop ends munged only after slurmctld has exited."""
+    pids = {Path(f"/proc/{p}/comm").read_text().strip(): p for p in instance_pids(lab.apptainer, lab.sms_instance)}
+    ended: dict[str, float] = {}
+    stopping = threading.Thread(target=lab.stop_sms)
+    stopping.start()
+    try:
+        while len(ended) < 2 and stopping.is_alive():
+            for name in ("munged", "slurmctld"):
+                if name not in ended and _ended(pids[name]):
+                    ended[name] = time.monotonic()
+            time.sleep(0.002)
+    finally:
+        stopping.join()
+        lab.start_sms(lab.sms_sif)
+    outcome = probe_services(lab, ready_timeout=90, phase="after-stop")
+    assert outcome.ok, outcome.failed
+    assert set(ended) == {"munged", "slurmctld"}, ended
+    assert ended["munged"] >= ended["slurmctld"], f"munged ended {ended['slurmctld'] - ended['munged']:.3f} s first"
+
+
 def test_a_full_overlay_is_named_and_its_state_survives(lab: Lab, project: Project) -> None:
     job = submit(lab, 0, "before-full")
     assert finished_ok(lab, job, "before-full") == ""

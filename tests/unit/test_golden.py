@@ -57,3 +57,21 @@ def test_a_changed_run_script_changes_only_the_final_layer(scratch) -> None:
     for layer in ("os", "packages"):
         assert render(render_context(after, variant, GOLDEN_COMMIT), layer, "x").text() == texts[layer]
     assert render(render_context(after, variant, GOLDEN_COMMIT), "final", "x").text() != texts["final"]
+
+
+def test_a_program_stops_after_every_daemon_that_requires_it() -> None:
+    """munged outlives slurmctld at a stop (its last RPCs need credentials); slurmdbd
+    requires slurmctld, so where it runs, slurmctld outlives it, and munged both."""
+    from sms_services.image.render import stop_ranks
+
+    for rid in ("3.5", "4.0"):  # without and with slurmdbd
+        ctx = render_context(PROJECT, PROJECT.matrix.get(rid).variant(), GOLDEN_COMMIT)
+        ranks = stop_ranks(ctx.fragments)
+        names = {f.name for f in ctx.fragments}
+        assert ranks["munge"] > ranks["slurmctld"] >= 0, rid
+        if rid == "4.0":
+            assert ranks["slurmctld"] > ranks["slurmdbd"] == 0, rid
+        for alone in names - {"munge", "slurmctld", "mariadb", "slurm-common", "base"}:
+            assert ranks[alone] == 0, (rid, alone)
+        text = render(ctx).text()
+        assert f'environment=SMS_STOP_RANK="{ranks["munge"]}"' in text.split("[program:munge]")[1].split("SMS_EOF")[0]
