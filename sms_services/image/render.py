@@ -138,10 +138,9 @@ def program_conf(frag: Fragment, priority: int, stop_rank: int = 0) -> list[str]
     daemon = frag.mode == "daemon"
     return [
         f"[program:{frag.name}]",
-        f"command={LIBEXEC}/{frag.name}/run",
+        # (launch notes the program's pid under its stop rank, for the start script's stop)
+        f"command={LIBEXEC}/launch {stop_rank} {frag.name}",
         f"priority={priority}",
-        # Read from the process's environment by the start script's stop (see stop_ranks).
-        *([f'environment=SMS_STOP_RANK="{stop_rank}"'] if stop_rank else []),
         "autostart=true",
         f"autorestart={'true' if daemon else 'false'}",
         f"startsecs={2 if daemon else 0}",
@@ -251,7 +250,7 @@ def _final_steps(ctx: RenderContext) -> list[str]:
               f"cat > {ETC}/release.env <<'SMS_EOF'",
               *[f"{k}={shlex.quote(val)}" for k, val in release_env.items()],
               "SMS_EOF",
-              f"chmod 0755 {LIBEXEC}/*/run {LIBEXEC}/start 2>/dev/null || true"]
+              f"chmod 0755 {LIBEXEC}/*/run {LIBEXEC}/start {LIBEXEC}/launch 2>/dev/null || true"]
     lines += ["# --- keep the image small: no docs, man pages or foreign locales",
               "rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/*",
               "find /usr/share/locale -mindepth 1 -maxdepth 1 ! -name 'en*' ! -name locale.alias "

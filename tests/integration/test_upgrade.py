@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -456,22 +457,29 @@ def _ended(pid: int) -> bool:
 
 def test_munged_outlives_slurmctld_at_a_stop(lab: Lab) -> None:
     """slurmctld's last RPCs at its exit (job launches among them) each need a munge
-    credential: the instance's stop ends munged only after slurmctld has exited."""
+    credential: the instance's stop ends munged only after slurmctld has exited. Here
+    slurmctld is slow to exit (as with a large state on a busy host): it is stopped
+    (SIGSTOP) when the instance's stop begins, and let go 2 s later."""
     pids = {Path(f"/proc/{p}/comm").read_text().strip(): p for p in instance_pids(lab.apptainer, lab.sms_instance)}
     ended: dict[str, float] = {}
+    os.kill(pids["slurmctld"], signal.SIGSTOP)
     stopping = threading.Thread(target=lab.stop_sms)
     stopping.start()
     try:
+        time.sleep(2)
+        munged_waited = not _ended(pids["munged"])
+    finally:
+        os.kill(pids["slurmctld"], signal.SIGCONT)
         while len(ended) < 2 and stopping.is_alive():
             for name in ("munged", "slurmctld"):
                 if name not in ended and _ended(pids[name]):
                     ended[name] = time.monotonic()
             time.sleep(0.002)
-    finally:
         stopping.join()
         lab.start_sms(lab.sms_sif)
     outcome = probe_services(lab, ready_timeout=90, phase="after-stop")
     assert outcome.ok, outcome.failed
+    assert munged_waited, "munged was stopped while slurmctld still ran"
     assert set(ended) == {"munged", "slurmctld"}, ended
     assert ended["munged"] >= ended["slurmctld"], f"munged ended {ended['slurmctld'] - ended['munged']:.3f} s first"
 

@@ -74,4 +74,5 @@ def test_a_program_stops_after_every_daemon_that_requires_it() -> None:
         for alone in names - {"munge", "slurmctld", "mariadb", "slurm-common", "base"}:
             assert ranks[alone] == 0, (rid, alone)
         text = render(ctx).text()
-        assert f'environment=SMS_STOP_RANK="{ranks["munge"]}"' in text.split("[program:munge]")[1].split("SMS_EOF")[0]
+        program = text.split("[program:munge]")[1].split("SMS_EOF")[0]
+        assert f"command=/usr/libexec/sms-services/launch {ranks['munge']} munge\n" in program
