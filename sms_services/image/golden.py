@@ -74,7 +74,8 @@ def render_fragment(project: Project, name: str) -> str:
         if lines:
             out += ["", f"## %post {step}", *lines]
     if frag.mode != "none":
-        out += ["", "## supervisor program", *program_conf(frag, 10)]
+        out += ["", "## supervisor program (priority and stop rank as in an image of this fragment alone)",
+                *program_conf(frag, 10)]
     if frag.templates:
         site = load_site(project.root / LAB_SITE, ctx.fragments, list(project.fragments.values()))
         rendered = render_site(site, ctx.fragments, rel.id)

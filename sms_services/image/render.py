@@ -128,8 +128,10 @@ def stop_ranks(fragments: tuple[Fragment, ...]) -> dict[str, int]:
     """
     rank: dict[str, int] = {}
     for f in reversed(fragments):  # dependency order reversed: whatever requires f comes first
-        rank[f.name] = max((rank[g.name] + 1 for g in fragments if f.name in g.requires and g.mode == "daemon"),
-                           default=0)
+        # A fragment without a program passes its dependents' needs on (slurmctld -> slurm-common
+        # -> munge); a oneshot has ended long before any stop.
+        rank[f.name] = max((rank[g.name] + (g.mode == "daemon") for g in fragments
+                            if f.name in g.requires and g.mode != "oneshot"), default=0)
     return rank
 
 
@@ -138,7 +140,7 @@ def program_conf(frag: Fragment, priority: int, stop_rank: int = 0) -> list[str]
     daemon = frag.mode == "daemon"
     return [
         f"[program:{frag.name}]",
-        # (launch notes the program's pid under its stop rank, for the start script's stop)
+        # (launch notes the program's stop rank under its pid, for the start script's stop)
         f"command={LIBEXEC}/launch {stop_rank} {frag.name}",
         f"priority={priority}",
         "autostart=true",

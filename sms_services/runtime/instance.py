@@ -158,7 +158,10 @@ def stop_instance(apptainer: Apptainer, instance: str, overlay: Path | None) -> 
     stopper = subprocess.Popen([apptainer.binary, "instance", "stop", "-t", "10", instance],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = t + STOP_WAIT_S
-    _gone(pids, overlay, until=lambda: time.monotonic() > deadline)
+    left = _gone(pids, overlay, until=lambda: time.monotonic() > deadline)
+    if left:
+        raise UserError(f"instance {instance}: {left} after `apptainer instance stop` "
+                        f"(exit {stopper.poll()}, {round(time.monotonic() - t)} s); see `apptainer instance list`")
     return round(time.monotonic() - t, 2), stopper
 
 
@@ -176,11 +179,30 @@ def kill_instance(apptainer: Apptainer, instance: str, overlay: Path | None) -> 
     _gone(victims, overlay, until=lambda: time.monotonic() > deadline)
 
 
-def _gone(pids: list[int], overlay: Path | None, until: Callable[[], bool]) -> None:
-    """Wait until ``pids`` have exited and the overlay is released (or ``until``)."""
-    while not until() and (any(Path(f"/proc/{p}").exists() for p in pids)
-                           or (overlay and loop_device(overlay))):
+def _gone(pids: list[int], overlay: Path | None, until: Callable[[], bool]) -> str:
+    """Wait until ``pids`` have exited and the overlay is released (or ``until``): what is
+    left then ('' for nothing). A pid the kernel gave to a new process counts as exited."""
+    born = {p: _start_time(p) for p in pids}
+
+    def left() -> str:
+        running = [p for p in pids if born[p] and _start_time(p) == born[p]]
+        if running:
+            return f"process(es) {', '.join(map(str, running[:5]))} still running"
+        if overlay and loop_device(overlay):
+            return f"its overlay {overlay} still in use"
+        return ""
+
+    while (what := left()) and not until():
         time.sleep(0.02)
+    return what
+
+
+def _start_time(pid: int) -> str:
+    """When ``pid`` started (field 22 of /proc/PID/stat), '' when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
 def _parent(pid: int) -> int:

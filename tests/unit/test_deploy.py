@@ -125,4 +125,22 @@ def test_a_stop_waits_for_the_instance_past_the_end_of_apptainer_instance_stop(
     t = time.monotonic()
     seconds, stopper = instance.stop_instance(Stopper(), "sms", None)  # type: ignore[arg-type]
     stopper.wait()
-    assert daemon.poll() is not None and time.monotonic() - t >= 0.9 and seconds >= 0.9
+    assert not Path(f"/proc/{daemon.pid}").exists() and time.monotonic() - t >= 0.9 and seconds >= 0.9
+
+
+def test_a_stop_that_leaves_the_instance_running_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sms_services.runtime import instance
+
+    daemon = subprocess.Popen(["sleep", "5"])
+    monkeypatch.setattr(instance, "instance_pids", lambda apptainer, name: [daemon.pid])
+    monkeypatch.setattr(instance, "STOP_WAIT_S", 0.5)
+
+    class Stopper:
+        binary = "true"
+
+    try:
+        with pytest.raises(UserError, match=f"instance sms: process\\(es\\) {daemon.pid} still running"):
+            instance.stop_instance(Stopper(), "sms", None)  # type: ignore[arg-type]
+    finally:
+        daemon.kill()
+        daemon.wait()

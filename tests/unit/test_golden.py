@@ -76,3 +76,13 @@ def test_a_program_stops_after_every_daemon_that_requires_it() -> None:
         text = render(ctx).text()
         program = text.split("[program:munge]")[1].split("SMS_EOF")[0]
         assert f"command=/usr/libexec/sms-services/launch {ranks['munge']} munge\n" in program
+
+
+def test_a_requirement_through_a_fragment_without_a_program_still_orders_the_stop() -> None:
+    from types import SimpleNamespace as F
+
+    from sms_services.image.render import stop_ranks
+
+    frags = (F(name="munge", requires=[], mode="daemon"), F(name="common", requires=["munge"], mode="none"),
+             F(name="nat", requires=["munge"], mode="oneshot"), F(name="ctld", requires=["common"], mode="daemon"))
+    assert stop_ranks(frags) == {"ctld": 0, "common": 1, "nat": 0, "munge": 1}  # type: ignore[arg-type]
