@@ -32,6 +32,7 @@ import yaml
 
 from sms_services.errors import UserError
 from sms_services.lab.cluster import Lab
+from sms_services.runtime.instance import start_time
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.signing import sign
 
@@ -201,7 +202,7 @@ class HaPair:
         self._procs.append(proc)
         self.root_pid[host] = proc.pid
         # With its start time: the fence agent must never kill whatever reuses the pid later.
-        (self.power / f"{host}.pid").write_text(f"{proc.pid} {_start_time(proc.pid)}")
+        (self.power / f"{host}.pid").write_text(f"{proc.pid} {start_time(proc.pid) or 0}")
         deadline = time.monotonic() + 60
         while not (hw / "ready").exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -358,11 +359,3 @@ def start_cluster(ha: HaPair) -> str:
     if r.returncode != 0:
         raise UserError(f"ha lab: probes failed on {host} after the first start: {(r.stdout + r.stderr)[-600:]}")
     return host
-
-
-def _start_time(pid: int) -> str:
-    """Field 22 of /proc/PID/stat: when the process started (ticks since boot)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "0"

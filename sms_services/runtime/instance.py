@@ -182,10 +182,10 @@ def kill_instance(apptainer: Apptainer, instance: str, overlay: Path | None) -> 
 def _gone(pids: list[int], overlay: Path | None, until: Callable[[], bool]) -> str:
     """Wait until ``pids`` have exited and the overlay is released (or ``until``): what is
     left then ('' for nothing). A pid the kernel gave to a new process counts as exited."""
-    born = {p: _start_time(p) for p in pids}
+    born = {p: start_time(p) for p in pids}
 
     def left() -> str:
-        running = [p for p in pids if born[p] and _start_time(p) == born[p]]
+        running = [p for p in pids if born[p] and start_time(p) == born[p]]
         if running:
             return f"process(es) {', '.join(map(str, running[:5]))} still running"
         if overlay and loop_device(overlay):
@@ -197,7 +197,7 @@ def _gone(pids: list[int], overlay: Path | None, until: Callable[[], bool]) -> s
     return what
 
 
-def _start_time(pid: int) -> str:
+def start_time(pid: int) -> str:
     """When ``pid`` started (field 22 of /proc/PID/stat), '' when it is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
