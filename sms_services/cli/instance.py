@@ -230,7 +230,8 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     print_table(report.results, f"cutover of {args.name} to {new_sif.name}", out_console)
     gap = "the controller never answered again" if report.gap_s is None else f"service gap {report.gap_s} s"
     if report.ok:
-        out_console.print(f"{args.name} now runs {new_sif.name} (release {report.new_release}): {gap}, "
+        settled = f"waited {report.settle_s} s for slurmctld's RPCs to the nodes, " if report.settle_s >= 1 else ""
+        out_console.print(f"{args.name} now runs {new_sif.name} (release {report.new_release}): {gap}, {settled}"
                           f"stop {report.stop_s} s, every probe green {report.green_s} s after the start")
         if report.renumbered:
             err_console.print(f"smsctl: the new image numbers these accounts differently: "

@@ -123,8 +123,8 @@ def stop_ranks(fragments: tuple[Fragment, ...]) -> dict[str, int]:
     rank at once.
 
     munged must outlive slurmctld: slurmctld's last RPCs at its exit, job launches among
-    them, each need a credential. Stopped at the same moment, they failed, and held
-    slurmctld's exit up to its agent_fini limit (2.3 s seen in a cutover with 450 nodes).
+    them, each need a credential; stopped at the same moment, such a launch could fail and
+    leave a job RUNNING in the saved state that no node received.
     """
     rank: dict[str, int] = {}
     for f in reversed(fragments):  # dependency order reversed: whatever requires f comes first

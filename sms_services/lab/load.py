@@ -148,8 +148,10 @@ def _cutovers(lab: Lab, project: Project, count: int, say: Say, label: str) -> d
         oks += report.ok and not report.rolled_back
         if report.gap_s is not None:
             gaps.append(report.gap_s)
-        breakdowns.append(_breakdown(lab, report, marks))
+        breakdowns.append({**_breakdown(lab, report, marks), "settle_s": report.settle_s,
+                           "agents_left": report.agents_left})
         say(f"cutover {i + 1}/{count} ({label}): gap {report.gap_s} s, ok {report.ok}, "
+            f"waited {report.settle_s} s for slurmctld's RPCs ({report.agents_left} left), "
             f"{len(before)} jobs before, {len(lost)} lost; steps {breakdowns[-1].get('steps_s')}")
     return {"cutovers": count, "ok": oks, "gaps_s": gaps, "gap_median_s": statistics.median(gaps) if gaps else None,
             "gap_max_s": max(gaps) if gaps else None, "jobs_lost": lost_total, "breakdown": breakdowns}

@@ -121,6 +121,8 @@ class CutoverReport:
     gap_from: float | None = None
     gap_to: float | None = None
     gap_pings_down: int = 0
+    settle_s: float = 0.0  # waited, before the stop, for slurmctld's RPCs to the nodes
+    agents_left: int = 0  # its agent threads still active when the stop began
     stop_s: float = 0.0
     start_s: float = 0.0
     green_s: float = 0.0  # new instance started -> every probe passed
@@ -227,6 +229,10 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
     watch = ControllerWatch(target, target.nodes[0])
     try:
         watch.wait_up()
+        report.settle_s, report.agents_left = target.settle()
+        if report.agents_left:
+            say(f"slurmctld still has {report.agents_left} RPC threads to the nodes after {report.settle_s} s: "
+                "stopping anyway (its exit waits up to 3 s for them)")
         since = time.time()
         say(f"stopping {target.image_name(old_sif)}")
         report.stop_s = target.stop_sms()

@@ -197,19 +197,24 @@ def _gone(pids: list[int], overlay: Path | None, until: Callable[[], bool]) -> s
     return what
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first), [] when it is gone.
+    The name is cut at its last ')': a process may name itself with spaces and parentheses."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def start_time(pid: int) -> str:
     """When ``pid`` started (field 22 of /proc/PID/stat), '' when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
+    fields = proc_stat(pid)
+    return fields[19] if len(fields) > 19 else ""
 
 
 def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
+    fields = proc_stat(pid)
+    return int(fields[1]) if len(fields) > 1 else 0
 
 
 def _descendants(pid: int) -> list[int]:

@@ -11,7 +11,10 @@ provides for probes, and how to stop and start the image.
 from __future__ import annotations
 
 import ipaddress
+import re
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 from sms_services.apptainer import Apptainer
 from sms_services.image.accounts import Accounts
@@ -20,6 +23,17 @@ from sms_services.inputs.site import Site
 from sms_services.probes.registry import ProbeFailed
 from sms_services.runtime.init import file_modes
 from sms_services.runtime.instance import RunsCommands
+
+
+# slurmctld's exit waits up to 3 s (AGENT_SHUTDOWN_WAIT in src/slurmctld/agent.c, Slurm
+# 24.11) for its RPCs to the nodes still in flight: sdiag counts them.
+AGENT_THREADS = re.compile(r"^Agent thread count:\s*(\d+)", re.M)
+SETTLE_S = 20.0
+
+
+class Settled(NamedTuple):
+    seconds: float  # waited for slurmctld's RPCs to the nodes
+    agents: int  # agent threads still active at the end (0: none in flight)
 
 
 class SmsTarget(RunsCommands):
@@ -77,6 +91,23 @@ class SmsTarget(RunsCommands):
         return file_modes(self.sms_fragments, self.passwd)
 
     # --- replacing the image ------------------------------------------------------
+    def settle(self, bound: float = SETTLE_S) -> Settled:
+        """Wait, at most ``bound`` seconds, until slurmctld has no RPC to the nodes in flight.
+
+        A stop then skips slurmctld's exit wait for them (2.3-2.6 s seen in 450-node cutovers,
+        a registration round to every node still running 20 s after a start) and cuts off no
+        queued job launch. A controller that does not answer sdiag has nothing to wait for.
+        """
+        t0 = time.monotonic()
+        while True:
+            rc, out, _ = self.on_sms(["sdiag"], timeout=5)
+            found = AGENT_THREADS.search(out) if rc == 0 else None
+            agents = int(found.group(1)) if found else 0
+            waited = time.monotonic() - t0
+            if not agents or waited >= bound:
+                return Settled(round(waited, 2), agents)
+            time.sleep(0.2)
+
     def stop_sms(self) -> float:
         raise NotImplementedError
 

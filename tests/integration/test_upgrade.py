@@ -32,7 +32,7 @@ from sms_services.lab.verify import open_lab, prepare_images, probe_services
 from sms_services.probes import KINDS
 from sms_services.runtime.backup import backup, check_backup, restore
 from sms_services.runtime.cutover import cutover
-from sms_services.runtime.instance import instance_pids
+from sms_services.runtime.instance import instance_pids, proc_stat
 from sms_services.runtime.reconcile import reconcile
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.signing import Trust, build_key, sign, signatures
@@ -449,10 +449,7 @@ def test_power_loss_restart_keeps_slurm_state(lab: Lab) -> None:
 
 def _ended(pid: int) -> bool:
     """Gone, or a zombie (it has exited; nobody reaped it yet)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
+    return proc_stat(pid)[:1] in ([], ["Z"])
 
 
 def test_munged_outlives_slurmctld_at_a_stop(lab: Lab) -> None:

@@ -2,6 +2,7 @@
 
 from sms_services.image.accounts import id_maps
 from sms_services.runtime.cutover import Outage, outages, step_reasons
+from sms_services.runtime.target import SmsTarget
 
 
 def test_the_gap_runs_from_the_last_answer_to_the_next() -> None:
@@ -52,3 +53,35 @@ def test_renumbered_accounts_are_named_for_sms_mgmt() -> None:
     old = ("root:x:0:0::/root:/bin/sh\nmunge:x:101:101::/:/bin/false\nalice:x:2001:2001::/:/bin/sh\n", "", "")
     new = ("root:x:0:0::/root:/bin/sh\nmunge:x:995:995::/:/bin/false\n", "", "")
     assert renumbered(old, new) == ["munge 101 -> 995"]
+
+
+class _Sdiag(SmsTarget):
+    """A controller whose sdiag reports these agent thread counts, one per call (the last repeats)."""
+
+    def __init__(self, counts: list[int | None]) -> None:
+        self.counts, self.calls = counts, 0
+
+    def on_sms(self, command, stdin=None, timeout=30):
+        assert command == ["sdiag"]
+        n = self.counts[min(self.calls, len(self.counts) - 1)]
+        self.calls += 1
+        if n is None:
+            return 1, "", "slurm_get_statistics: Unable to contact slurm controller"
+        return 0, f"Agent queue size:     3\nAgent count:          1\nAgent thread count:   {n}\n", ""
+
+
+def test_the_stop_waits_until_no_rpc_to_the_nodes_is_in_flight() -> None:
+    target = _Sdiag([12, 4, 0, 7])
+    waited, left = target.settle(bound=5)
+    assert (left, target.calls) == (0, 3) and waited >= 0.4
+
+
+def test_the_wait_is_bounded_and_says_what_is_left() -> None:
+    target = _Sdiag([12])
+    waited, left = target.settle(bound=0.5)
+    assert left == 12 and 0.5 <= waited < 2
+
+
+def test_a_controller_that_does_not_answer_sdiag_is_not_waited_for() -> None:
+    target = _Sdiag([None, 12])
+    assert target.settle(bound=5) == (0.0, 0) and target.calls == 1
