@@ -57,14 +57,19 @@ class ControllerWatch:
                     pass
         return out
 
-    def wait_up(self, timeout: float = 30) -> None:
+    def answered(self, since: float = 0.0, timeout: float = 30) -> bool:
+        """Whether the controller answered after ``since`` (wall clock), waiting ``timeout`` s for it."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(up for _, up in self.samples()):
-                return
+        while not any(up and t > since for t, up in self.samples()):
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.1)
-        raise UserError("cutover: the controller does not answer a compute node before the cutover; "
-                        "fix the running instance first")
+        return True
+
+    def wait_up(self, timeout: float = 30) -> None:
+        if not self.answered(timeout=timeout):
+            raise UserError("cutover: the controller does not answer a compute node before the cutover; "
+                            "fix the running instance first")
 
     def stop(self) -> None:
         if self._proc.poll() is None:
@@ -236,6 +241,7 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
         since = time.time()
         say(f"stopping {target.image_name(old_sif)}")
         report.stop_s = target.stop_sms()
+        stopped = time.time()
         try:
             if before is not None:
                 copy_overlay(target.sms_overlay, before)
@@ -253,6 +259,9 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
             target.start_sms(old_sif, host=old_host)
             raise UserError(f"cutover to {target.image_name(new_sif)} failed before it started ({err}); "
                             f"{target.image_name(old_sif)} runs again") from None
+        # The controller first: on a small host the probes' commands would take CPU from
+        # slurmctld reading its state back. Probes run after its first answer (or the deadline).
+        watch.answered(stopped, timeout=deadline)
         results = run_all(target, new_frags, ready_timeout=deadline, phase="cutover",
                           say=say_result)
         report.green_s = round(time.monotonic() - target.sms_started_at, 2)
