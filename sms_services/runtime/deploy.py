@@ -326,7 +326,6 @@ def stop(project: Project, apptainer: Apptainer, name: str) -> float:
             freed = bool(dep.record.lease_token) and release_lease(dep.sms_overlay, dep.record.lease_token)
             raise UserError(f"instance {name} is not running" + ("; its lease on the overlay is released" if freed
                                                                  else ""))
-        dep.settle()  # a planned stop (a Pacemaker move too) need not wait for the RPCs at slurmctld's exit
         seconds = dep.stop_sms()
         if dep.record.lease_token:
             release_lease(dep.sms_overlay, dep.record.lease_token)  # a clean stop: another host may start it now

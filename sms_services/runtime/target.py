@@ -100,7 +100,8 @@ class SmsTarget(RunsCommands):
         """
         t0 = time.monotonic()
         while True:
-            rc, out, _ = self.on_sms(["sdiag"], timeout=5)
+            # Bounded inside the instance too: an sdiag left behind would hold the overlay.
+            rc, out, _ = self.on_sms(["timeout", "2", "sdiag"], timeout=5)
             found = AGENT_THREADS.search(out) if rc == 0 else None
             agents = int(found.group(1)) if found else 0
             waited = time.monotonic() - t0

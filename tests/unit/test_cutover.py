@@ -1,7 +1,7 @@
 """The service gap and the Slurm step rules of a cutover, without root."""
 
 from sms_services.image.accounts import id_maps
-from sms_services.runtime.cutover import Outage, outages, step_reasons
+from sms_services.runtime.cutover import ControllerWatch, Outage, outages, step_reasons
 from sms_services.runtime.target import SmsTarget
 
 
@@ -62,7 +62,7 @@ class _Sdiag(SmsTarget):
         self.counts, self.calls = counts, 0
 
     def on_sms(self, command, stdin=None, timeout=30):
-        assert command == ["sdiag"]
+        assert command[-1] == "sdiag"
         n = self.counts[min(self.calls, len(self.counts) - 1)]
         self.calls += 1
         if n is None:
@@ -85,3 +85,12 @@ def test_the_wait_is_bounded_and_says_what_is_left() -> None:
 def test_a_controller_that_does_not_answer_sdiag_is_not_waited_for() -> None:
     target = _Sdiag([None, 12])
     assert target.settle(bound=5) == (0.0, 0) and target.calls == 1
+
+
+def test_probes_wait_for_an_answer_after_the_stop_not_before(tmp_path) -> None:
+    watch = ControllerWatch.__new__(ControllerWatch)  # its log only: no ping loop is started
+    watch.log = tmp_path / "watch.log"
+    watch.log.write_text("100.0 UP\n100.5 UP\n101.0 DOWN\n")
+    assert not watch.answered(since=100.8, timeout=0.3)
+    watch.log.write_text(watch.log.read_text() + "102.0 DOWN\n102.5 UP\n")
+    assert watch.answered(since=100.8, timeout=0.3)
