@@ -29,6 +29,7 @@ from pathlib import Path
 
 from sms_services.apptainer import Apptainer
 from sms_services.errors import UserError
+from sms_services.runtime.procfs import comm, descendants
 
 # The script the container runs as its PID 1. Its arguments: the controller's address,
 # munged's thread count, the lab's name; the node list (name per line) on /farm/nodes.
@@ -133,11 +134,11 @@ class Farm:
         """The farm's slurmd processes (children of the container's init)."""
         if self.proc is None:
             return []
-        return [pid for pid in _descendants(self.proc.pid) if _comm(pid) == "slurmd"]
+        return [pid for pid in descendants(self.proc.pid) if comm(pid) == "slurmd"]
 
     def memory(self) -> dict[str, float]:
         """Resident (RSS) and proportional (PSS) memory of the whole farm and per node, in MiB."""
-        pids = _descendants(self.proc.pid) if self.proc else []
+        pids = descendants(self.proc.pid) if self.proc else []
         rss = pss = 0
         for pid in pids:
             try:
@@ -193,29 +194,3 @@ def scale_site_text(base_text: str, nodes: list[dict], network: str) -> str:
     data["provision_network"] = network
     data["nodes"] = nodes
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for c in children.get(p, []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""

@@ -32,7 +32,8 @@ import yaml
 
 from sms_services.errors import UserError
 from sms_services.lab.cluster import Lab
-from sms_services.runtime.instance import start_time
+from sms_services.runtime import procfs
+from sms_services.runtime.procfs import descendants, start_time
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.signing import sign
 
@@ -49,24 +50,6 @@ def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise UserError(f"ha lab: '{' '.join(cmd)}' failed: {(proc.stderr or proc.stdout).strip()[:300]}")
-
-
-def _descendants(root: int) -> list[int]:
-    """Every process below ``root`` (a host's tree), read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def corosync_conf(cluster: str, token_ms: int) -> str:
@@ -234,14 +217,7 @@ class HaPair:
 
     def pids_named(self, host: str, comm: str) -> list[int]:
         """Processes of ``host`` (its whole tree, instances included) whose name is ``comm``."""
-        found = []
-        for pid in _descendants(self.root_pid[host]):
-            try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
-                    found.append(pid)
-            except OSError:
-                pass
-        return found
+        return [pid for pid in descendants(self.root_pid[host]) if procfs.comm(pid) == comm]
 
     # --- the cluster ----------------------------------------------------------------------
     def wait_online(self, timeout: float = 120) -> None:

@@ -57,10 +57,11 @@ class ControllerWatch:
                     pass
         return out
 
-    def answered(self, since: float = 0.0, timeout: float = 30) -> bool:
-        """Whether the controller answered after ``since`` (wall clock), waiting ``timeout`` s for it."""
+    def answered(self, after: int = 0, timeout: float = 30) -> bool:
+        """Whether the controller answered in a sample after the first ``after``, waiting
+        ``timeout`` s for it."""
         deadline = time.monotonic() + timeout
-        while not any(up and t > since for t, up in self.samples()):
+        while not any(up for _, up in self.samples()[after:]):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.1)
@@ -235,13 +236,16 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
     try:
         watch.wait_up()
         report.settle_s, report.agents_left = target.settle()
-        if report.agents_left:
+        if report.agents_left > 0:
             say(f"slurmctld still has {report.agents_left} RPC threads to the nodes after {report.settle_s} s: "
                 "stopping anyway (its exit waits up to 3 s for them)")
+        elif report.agents_left < 0:
+            say(f"slurmctld did not answer sdiag within 2 s for {report.settle_s} s: stopping anyway")
         since = time.time()
         say(f"stopping {target.image_name(old_sif)}")
         report.stop_s = target.stop_sms()
-        stopped = time.time()
+        # Counted, not timed: the samples carry the compute node's clock, not this host's.
+        stopped = len(watch.samples())
         try:
             if before is not None:
                 copy_overlay(target.sms_overlay, before)
@@ -261,8 +265,10 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
                             f"{target.image_name(old_sif)} runs again") from None
         # The controller first: on a small host the probes' commands would take CPU from
         # slurmctld reading its state back. Probes run after its first answer (or the deadline).
-        watch.answered(stopped, timeout=deadline)
-        results = run_all(target, new_frags, ready_timeout=deadline, phase="cutover",
+        # One deadline for both, from the start (the rollback's promise).
+        end = target.sms_started_at + deadline
+        watch.answered(after=stopped, timeout=max(0.0, end - time.monotonic()))
+        results = run_all(target, new_frags, ready_timeout=max(1.0, end - time.monotonic()), phase="cutover",
                           say=say_result)
         report.green_s = round(time.monotonic() - target.sms_started_at, 2)
         report.results = results

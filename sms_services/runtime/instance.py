@@ -22,6 +22,7 @@ from sms_services.errors import UserError
 from sms_services.files import atomic_write
 from sms_services.inputs.fragment import Fragment
 from sms_services.runtime.overlay import loop_device
+from sms_services.runtime.procfs import comm, descendants, parent, start_time
 
 APPTAINER_CONF = Path("/etc/apptainer/apptainer.conf")
 # A network: (CNI network name, address/prefix, MAC or None).
@@ -133,9 +134,9 @@ def instance_pids(apptainer: Apptainer, instance: str) -> list[int]:
     top = instance_list(apptainer, instance).get(instance)
     if top is None:
         return []
-    found = [top, *_descendants(top)]
-    starter = _parent(top)
-    return [starter, *found] if _comm(starter) == "starter" else found
+    found = [top, *descendants(top)]
+    starter = parent(top)
+    return [starter, *found] if comm(starter) == "starter" else found
 
 
 # `instance stop -t 10`, its SIGKILL, the kernel's release of the overlay's loop device.
@@ -154,7 +155,7 @@ def stop_instance(apptainer: Apptainer, instance: str, overlay: Path | None) -> 
     past the stopper's end, bounded.
     """
     t = time.monotonic()
-    pids = [p for p in instance_pids(apptainer, instance) if _comm(p) != "starter"]
+    pids = [p for p in instance_pids(apptainer, instance) if comm(p) != "starter"]
     stopper = subprocess.Popen([apptainer.binary, "instance", "stop", "-t", "10", instance],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = t + STOP_WAIT_S
@@ -195,44 +196,3 @@ def _gone(pids: list[int], overlay: Path | None, until: Callable[[], bool]) -> s
     while (what := left()) and not until():
         time.sleep(0.02)
     return what
-
-
-def proc_stat(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (state first), [] when it is gone.
-    The name is cut at its last ')': a process may name itself with spaces and parentheses."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
-def start_time(pid: int) -> str:
-    """When ``pid`` started (field 22 of /proc/PID/stat), '' when it is gone."""
-    fields = proc_stat(pid)
-    return fields[19] if len(fields) > 19 else ""
-
-
-def _parent(pid: int) -> int:
-    fields = proc_stat(pid)
-    return int(fields[1]) if len(fields) > 1 else 0
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, read from /proc (no pstree on a minimal host)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            children.setdefault(_parent(int(entry.name)), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""

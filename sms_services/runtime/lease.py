@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sms_services.errors import UserError
-from sms_services.runtime.instance import proc_stat
+from sms_services.runtime.procfs import ended
 
 INTERVAL = 5.0  # seconds between renewals; a take-over waits two of them and a bit
 
@@ -146,7 +146,7 @@ def _alive(pid: int) -> bool:
     """A live process (not a zombie) with that pid."""
     if pid <= 0:
         return False
-    return proc_stat(pid)[:1] not in ([], ["Z"])
+    return not ended(pid)
 
 
 def _ours(pid: int) -> bool:

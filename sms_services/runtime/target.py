@@ -25,15 +25,15 @@ from sms_services.runtime.init import file_modes
 from sms_services.runtime.instance import RunsCommands
 
 
-# slurmctld's exit waits up to 3 s (AGENT_SHUTDOWN_WAIT in src/slurmctld/agent.c, Slurm
-# 24.11) for its RPCs to the nodes still in flight: sdiag counts them.
+# slurmctld's exit waits 2-3 s (until the whole second time(NULL) + 3: AGENT_SHUTDOWN_WAIT in
+# src/slurmctld/agent.c, Slurm 24.11) for its RPCs to the nodes still in flight: sdiag counts them.
 AGENT_THREADS = re.compile(r"^Agent thread count:\s*(\d+)", re.M)
-SETTLE_S = 20.0
+SETTLE_BOUND_S = 20.0
 
 
 class Settled(NamedTuple):
     seconds: float  # waited for slurmctld's RPCs to the nodes
-    agents: int  # agent threads still active at the end (0: none in flight)
+    agents: int  # its agent threads still active at the end: 0 none, -1 sdiag did not answer in time
 
 
 class SmsTarget(RunsCommands):
@@ -91,19 +91,20 @@ class SmsTarget(RunsCommands):
         return file_modes(self.sms_fragments, self.passwd)
 
     # --- replacing the image ------------------------------------------------------
-    def settle(self, bound: float = SETTLE_S) -> Settled:
+    def settle(self, bound: float = SETTLE_BOUND_S) -> Settled:
         """Wait, at most ``bound`` seconds, until slurmctld has no RPC to the nodes in flight.
 
         A stop then skips slurmctld's exit wait for them (2.3-2.6 s seen in 450-node cutovers,
-        a registration round to every node still running 20 s after a start) and cuts off no
-        queued job launch. A controller that does not answer sdiag has nothing to wait for.
+        a registration round to every node still running 20 s after a start). A busy
+        controller (sdiag not answered within 2 s) is asked again; one that refuses sdiag
+        has nothing to wait for.
         """
         t0 = time.monotonic()
         while True:
             # Bounded inside the instance too: an sdiag left behind would hold the overlay.
-            rc, out, _ = self.on_sms(["timeout", "2", "sdiag"], timeout=5)
+            rc, out, _ = self.on_sms(["timeout", "-k", "1", "2", "sdiag"], timeout=5)
             found = AGENT_THREADS.search(out) if rc == 0 else None
-            agents = int(found.group(1)) if found else 0
+            agents = int(found.group(1)) if found else -1 if rc == 124 else 0
             waited = time.monotonic() - t0
             if not agents or waited >= bound:
                 return Settled(round(waited, 2), agents)

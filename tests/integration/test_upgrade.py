@@ -32,7 +32,7 @@ from sms_services.lab.verify import open_lab, prepare_images, probe_services
 from sms_services.probes import KINDS
 from sms_services.runtime.backup import backup, check_backup, restore
 from sms_services.runtime.cutover import cutover
-from sms_services.runtime.instance import instance_pids, proc_stat
+from sms_services.runtime.instance import instance_pids
 from sms_services.runtime.reconcile import reconcile
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.signing import Trust, build_key, sign, signatures
@@ -447,11 +447,6 @@ def test_power_loss_restart_keeps_slurm_state(lab: Lab) -> None:
     assert int(nxt) > int(running)  # job ids continue: the state was loaded, not reset
 
 
-def _ended(pid: int) -> bool:
-    """Gone, or a zombie (it has exited; nobody reaped it yet)."""
-    return proc_stat(pid)[:1] in ([], ["Z"])
-
-
 def test_munged_outlives_slurmctld_at_a_stop(lab: Lab) -> None:
     """slurmctld's last RPCs at its exit (job launches among them) each need a munge
     credential: the instance's stop ends munged only after slurmctld has exited. Here
@@ -464,12 +459,12 @@ def test_munged_outlives_slurmctld_at_a_stop(lab: Lab) -> None:
     stopping.start()
     try:
         time.sleep(2)
-        munged_waited = not _ended(pids["munged"])
+        munged_waited = not ended(pids["munged"])
     finally:
         os.kill(pids["slurmctld"], signal.SIGCONT)
         while len(ended) < 2 and stopping.is_alive():
             for name in ("munged", "slurmctld"):
-                if name not in ended and _ended(pids[name]):
+                if name not in ended and ended(pids[name]):
                     ended[name] = time.monotonic()
             time.sleep(0.002)
         stopping.join()

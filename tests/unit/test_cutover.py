@@ -1,6 +1,7 @@
 """The service gap and the Slurm step rules of a cutover, without root."""
 
 from sms_services.image.accounts import id_maps
+from sms_services.probes import Result
 from sms_services.runtime.cutover import ControllerWatch, Outage, outages, step_reasons
 from sms_services.runtime.target import SmsTarget
 
@@ -58,7 +59,7 @@ def test_renumbered_accounts_are_named_for_sms_mgmt() -> None:
 class _Sdiag(SmsTarget):
     """A controller whose sdiag reports these agent thread counts, one per call (the last repeats)."""
 
-    def __init__(self, counts: list[int | None]) -> None:
+    def __init__(self, counts: list[int | str | None]) -> None:
         self.counts, self.calls = counts, 0
 
     def on_sms(self, command, stdin=None, timeout=30):
@@ -67,6 +68,8 @@ class _Sdiag(SmsTarget):
         self.calls += 1
         if n is None:
             return 1, "", "slurm_get_statistics: Unable to contact slurm controller"
+        if n == "busy":
+            return 124, "", ""
         return 0, f"Agent queue size:     3\nAgent count:          1\nAgent thread count:   {n}\n", ""
 
 
@@ -82,15 +85,90 @@ def test_the_wait_is_bounded_and_says_what_is_left() -> None:
     assert left == 12 and 0.5 <= waited < 2
 
 
-def test_a_controller_that_does_not_answer_sdiag_is_not_waited_for() -> None:
+def test_a_controller_that_refuses_sdiag_is_not_waited_for() -> None:
     target = _Sdiag([None, 12])
     assert target.settle(bound=5) == (0.0, 0) and target.calls == 1
 
 
-def test_probes_wait_for_an_answer_after_the_stop_not_before(tmp_path) -> None:
+def test_a_busy_controller_is_asked_again() -> None:
+    target = _Sdiag(["busy", "busy", 0])
+    waited, left = target.settle(bound=5)
+    assert (left, target.calls) == (0, 3)
+    assert _Sdiag(["busy"]).settle(bound=0.3)[1] == -1
+
+
+def test_an_answer_counts_only_after_the_samples_taken_before_the_stop(tmp_path) -> None:
     watch = ControllerWatch.__new__(ControllerWatch)  # its log only: no ping loop is started
     watch.log = tmp_path / "watch.log"
     watch.log.write_text("100.0 UP\n100.5 UP\n101.0 DOWN\n")
-    assert not watch.answered(since=100.8, timeout=0.3)
-    watch.log.write_text(watch.log.read_text() + "102.0 DOWN\n102.5 UP\n")
-    assert watch.answered(since=100.8, timeout=0.3)
+    assert not watch.answered(after=2, timeout=0.3)
+    watch.log.write_text(watch.log.read_text() + "99.0 DOWN\n99.5 UP\n")  # a node clock behind ours
+    assert watch.answered(after=2, timeout=0.3)
+
+
+class _Watch:
+    """The compute node's view: answers before the stop, none after it."""
+
+    def __init__(self, target, node) -> None:
+        self.target, self.rows = target, [(1.0, True), (1.1, True)]
+
+    def wait_up(self) -> None:
+        pass
+
+    def samples(self) -> list[tuple[float, bool]]:
+        return list(self.rows)
+
+    def answered(self, after: int = 0, timeout: float = 30) -> bool:
+        self.target.steps.append(f"answered after {after} samples, timeout {round(timeout)}")
+        self.target.clock += timeout  # all of it went by
+        return False
+
+    def stop(self) -> None:
+        pass
+
+
+class _Target(SmsTarget):
+    def __init__(self, tmp_path) -> None:
+        self.steps: list[str] = []
+        self.clock = 1000.0  # the cutover's time.monotonic()
+        self.apptainer = type("A", (), {"labels": staticmethod(lambda sif: {
+            "sms-services.release": "3.5", "sms-services.slurm.installed": "24.11.5"})})()
+        self.site = type("S", (), {"values": {}})()
+        self.sms_sif, self.sms_overlay = tmp_path / "old.sif", tmp_path / "overlay.img"
+        self.release, self.sms_fragments, self.nodes, self.work = "3.5", (), ["c1"], tmp_path
+
+    def settle(self, bound=20.0):
+        self.steps.append("settle")
+        return 0.1, 0
+
+    def stop_sms(self) -> float:
+        self.steps.append("stop")
+        return 0.3
+
+    def start_sms(self, sif, *, host="") -> float:
+        self.steps.append(f"start {sif.name}")
+        self.sms_started_at = self.clock
+        return 0.4
+
+
+def test_a_cutover_settles_stops_starts_then_probes_within_one_deadline(tmp_path, monkeypatch) -> None:
+    from sms_services.runtime import cutover as co
+
+    target = _Target(tmp_path)
+    project = type("P", (), {"matrix": type("M", (), {"releases": {"3.5": None}})(),
+                             "sms_fragments": staticmethod(lambda release: ())})()
+    monkeypatch.setattr(co, "ControllerWatch", _Watch)
+    monkeypatch.setattr(co, "usage", lambda overlay: (0, 2**30))
+    monkeypatch.setattr(co, "check", lambda *a, **k: None)
+    monkeypatch.setattr(co.time, "monotonic", lambda: target.clock)
+
+    def run_all(t, frags, *, ready_timeout, phase, say):
+        target.steps.append(f"probes ({phase}), ready timeout {round(ready_timeout)}")
+        return [Result("slurmctld", "ping", phase == "rollback", 0.0, 0.0, 1, "")]
+
+    monkeypatch.setattr(co, "run_all", run_all)
+    report = co.cutover(target, project, tmp_path / "new.sif", trust=None, deadline=60)  # type: ignore[arg-type]
+    assert target.steps[:5] == ["settle", "stop", "start new.sif", "answered after 2 samples, timeout 60",
+                                "probes (cutover), ready timeout 1"]
+    assert target.steps[5:] == ["stop", "start old.sif", "probes (rollback), ready timeout 60"]
+    assert report.rolled_back and report.settle_s == 0.1
