@@ -151,7 +151,8 @@ def _cutovers(lab: Lab, project: Project, count: int, say: Say, label: str) -> d
         breakdowns.append({**_breakdown(lab, report, marks), "settle_s": report.settle_s,
                            "agents_left": report.agents_left})
         say(f"cutover {i + 1}/{count} ({label}): gap {report.gap_s} s, ok {report.ok}, "
-            f"waited {report.settle_s} s for slurmctld's RPCs ({report.agents_left} left), "
+            f"waited {report.settle_s} s for slurmctld's RPCs "
+            f"({'sdiag too slow' if report.agents_left < 0 else f'{report.agents_left} left'}), "
             f"{len(before)} jobs before, {len(lost)} lost; steps {breakdowns[-1].get('steps_s')}")
     return {"cutovers": count, "ok": oks, "gaps_s": gaps, "gap_median_s": statistics.median(gaps) if gaps else None,
             "gap_max_s": max(gaps) if gaps else None, "jobs_lost": lost_total, "breakdown": breakdowns}

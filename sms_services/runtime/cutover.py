@@ -128,7 +128,7 @@ class CutoverReport:
     gap_to: float | None = None
     gap_pings_down: int = 0
     settle_s: float = 0.0  # waited, before the stop, for slurmctld's RPCs to the nodes
-    agents_left: int = 0  # its agent threads still active when the stop began
+    agents_left: int = 0  # its agent threads still active when the stop began (-1: sdiag too slow to tell)
     stop_s: float = 0.0
     start_s: float = 0.0
     green_s: float = 0.0  # new instance started -> every probe passed

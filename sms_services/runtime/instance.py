@@ -93,6 +93,9 @@ def exec_command(apptainer: Apptainer, instance: str, caps: list[str], command: 
             "--pwd", "/", f"instance://{instance}", *command]
 
 
+EXEC_TIMED_OUT = "timed out after"  # how on_sms/on_node's own bound is told from a command's exit 124
+
+
 class RunsCommands:
     """``on_sms``/``on_node`` for the probes, given ``exec_command`` (lab and deployment)."""
 
@@ -105,7 +108,7 @@ class RunsCommands:
             p = subprocess.run(self.exec_command(node, command), input=stdin, capture_output=True, text=True,
                                timeout=timeout, cwd="/")
         except subprocess.TimeoutExpired:
-            return 124, "", f"timed out after {timeout:.0f} s: {' '.join(command)}"
+            return 124, "", f"{EXEC_TIMED_OUT} {timeout:.0f} s: {' '.join(command)}"
         return p.returncode, p.stdout, p.stderr
 
     def on_sms(self, command: list[str], stdin: str | None = None, timeout: float = 30) -> tuple[int, str, str]:

@@ -22,7 +22,7 @@ from sms_services.inputs.fragment import Fragment
 from sms_services.inputs.site import Site
 from sms_services.probes.registry import ProbeFailed
 from sms_services.runtime.init import file_modes
-from sms_services.runtime.instance import RunsCommands
+from sms_services.runtime.instance import EXEC_TIMED_OUT, RunsCommands
 
 
 # slurmctld's exit waits 2-3 s (until the whole second time(NULL) + 3: AGENT_SHUTDOWN_WAIT in
@@ -102,9 +102,13 @@ class SmsTarget(RunsCommands):
         t0 = time.monotonic()
         while True:
             # Bounded inside the instance too: an sdiag left behind would hold the overlay.
-            rc, out, _ = self.on_sms(["timeout", "-k", "1", "2", "sdiag"], timeout=5)
+            rc, out, err = self.on_sms(["timeout", "-k", "1", "2", "sdiag"],
+                                       timeout=max(1.0, min(5.0, bound - (time.monotonic() - t0))))
             found = AGENT_THREADS.search(out) if rc == 0 else None
-            agents = int(found.group(1)) if found else -1 if rc == 124 else 0
+            # 124 from timeout(1): sdiag was slow, the controller busy. From on_sms's own bound:
+            # the exec itself hung, and there is nothing to wait for.
+            busy = rc == 124 and not err.startswith(EXEC_TIMED_OUT)
+            agents = int(found.group(1)) if found else -1 if busy else 0
             waited = time.monotonic() - t0
             if not agents or waited >= bound:
                 return Settled(round(waited, 2), agents)

@@ -33,6 +33,7 @@ from sms_services.probes import KINDS
 from sms_services.runtime.backup import backup, check_backup, restore
 from sms_services.runtime.cutover import cutover
 from sms_services.runtime.instance import instance_pids
+from sms_services.runtime.procfs import comm, ended
 from sms_services.runtime.reconcile import reconcile
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.signing import Trust, build_key, sign, signatures
@@ -452,8 +453,8 @@ def test_munged_outlives_slurmctld_at_a_stop(lab: Lab) -> None:
     credential: the instance's stop ends munged only after slurmctld has exited. Here
     slurmctld is slow to exit (as with a large state on a busy host): it is stopped
     (SIGSTOP) when the instance's stop begins, and let go 2 s later."""
-    pids = {Path(f"/proc/{p}/comm").read_text().strip(): p for p in instance_pids(lab.apptainer, lab.sms_instance)}
-    ended: dict[str, float] = {}
+    pids = {comm(p): p for p in instance_pids(lab.apptainer, lab.sms_instance)}
+    ended_at: dict[str, float] = {}
     os.kill(pids["slurmctld"], signal.SIGSTOP)
     stopping = threading.Thread(target=lab.stop_sms)
     stopping.start()
@@ -462,18 +463,19 @@ def test_munged_outlives_slurmctld_at_a_stop(lab: Lab) -> None:
         munged_waited = not ended(pids["munged"])
     finally:
         os.kill(pids["slurmctld"], signal.SIGCONT)
-        while len(ended) < 2 and stopping.is_alive():
+        while len(ended_at) < 2 and stopping.is_alive():
             for name in ("munged", "slurmctld"):
-                if name not in ended and ended(pids[name]):
-                    ended[name] = time.monotonic()
+                if name not in ended_at and ended(pids[name]):
+                    ended_at[name] = time.monotonic()
             time.sleep(0.002)
         stopping.join()
         lab.start_sms(lab.sms_sif)
     outcome = probe_services(lab, ready_timeout=90, phase="after-stop")
     assert outcome.ok, outcome.failed
     assert munged_waited, "munged was stopped while slurmctld still ran"
-    assert set(ended) == {"munged", "slurmctld"}, ended
-    assert ended["munged"] >= ended["slurmctld"], f"munged ended {ended['slurmctld'] - ended['munged']:.3f} s first"
+    assert set(ended_at) == {"munged", "slurmctld"}, ended_at
+    assert ended_at["munged"] >= ended_at["slurmctld"], \
+        f"munged ended {ended_at['slurmctld'] - ended_at['munged']:.3f} s first"
 
 
 def test_a_full_overlay_is_named_and_its_state_survives(lab: Lab, project: Project) -> None:

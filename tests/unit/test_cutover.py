@@ -1,8 +1,12 @@
 """The service gap and the Slurm step rules of a cutover, without root."""
 
+import time
+from types import SimpleNamespace
+
 from sms_services.image.accounts import id_maps
 from sms_services.probes import Result
 from sms_services.runtime.cutover import ControllerWatch, Outage, outages, step_reasons
+from sms_services.runtime.instance import EXEC_TIMED_OUT
 from sms_services.runtime.target import SmsTarget
 
 
@@ -70,6 +74,8 @@ class _Sdiag(SmsTarget):
             return 1, "", "slurm_get_statistics: Unable to contact slurm controller"
         if n == "busy":
             return 124, "", ""
+        if n == "hung":
+            return 124, "", f"{EXEC_TIMED_OUT} 5 s: {' '.join(command)}"
         return 0, f"Agent queue size:     3\nAgent count:          1\nAgent thread count:   {n}\n", ""
 
 
@@ -87,6 +93,11 @@ def test_the_wait_is_bounded_and_says_what_is_left() -> None:
 
 def test_a_controller_that_refuses_sdiag_is_not_waited_for() -> None:
     target = _Sdiag([None, 12])
+    assert target.settle(bound=5) == (0.0, 0) and target.calls == 1
+
+
+def test_an_exec_that_hangs_is_not_taken_for_a_busy_controller() -> None:
+    target = _Sdiag(["hung", 12])
     assert target.settle(bound=5) == (0.0, 0) and target.calls == 1
 
 
@@ -111,6 +122,7 @@ class _Watch:
 
     def __init__(self, target, node) -> None:
         self.target, self.rows = target, [(1.0, True), (1.1, True)]
+        target.watch = self
 
     def wait_up(self) -> None:
         pass
@@ -143,6 +155,7 @@ class _Target(SmsTarget):
 
     def stop_sms(self) -> float:
         self.steps.append("stop")
+        self.watch.rows.append((1.2, False))  # the node's last ping before the stop returned
         return 0.3
 
     def start_sms(self, sif, *, host="") -> float:
@@ -160,7 +173,8 @@ def test_a_cutover_settles_stops_starts_then_probes_within_one_deadline(tmp_path
     monkeypatch.setattr(co, "ControllerWatch", _Watch)
     monkeypatch.setattr(co, "usage", lambda overlay: (0, 2**30))
     monkeypatch.setattr(co, "check", lambda *a, **k: None)
-    monkeypatch.setattr(co.time, "monotonic", lambda: target.clock)
+    monkeypatch.setattr(co, "time", SimpleNamespace(monotonic=lambda: target.clock, time=time.time,
+                                                    sleep=time.sleep))
 
     def run_all(t, frags, *, ready_timeout, phase, say):
         target.steps.append(f"probes ({phase}), ready timeout {round(ready_timeout)}")
@@ -168,7 +182,7 @@ def test_a_cutover_settles_stops_starts_then_probes_within_one_deadline(tmp_path
 
     monkeypatch.setattr(co, "run_all", run_all)
     report = co.cutover(target, project, tmp_path / "new.sif", trust=None, deadline=60)  # type: ignore[arg-type]
-    assert target.steps[:5] == ["settle", "stop", "start new.sif", "answered after 2 samples, timeout 60",
+    assert target.steps[:5] == ["settle", "stop", "start new.sif", "answered after 3 samples, timeout 60",
                                 "probes (cutover), ready timeout 1"]
     assert target.steps[5:] == ["stop", "start old.sif", "probes (rollback), ready timeout 60"]
     assert report.rolled_back and report.settle_s == 0.1
