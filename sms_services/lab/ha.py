@@ -33,7 +33,6 @@ import yaml
 from sms_services.errors import UserError
 from sms_services.lab.cluster import Lab
 from sms_services.runtime import procfs
-from sms_services.runtime.procfs import descendants, start_time
 from sms_services.trust.keys import create_keypair
 from sms_services.trust.signing import sign
 
@@ -185,7 +184,7 @@ class HaPair:
         self._procs.append(proc)
         self.root_pid[host] = proc.pid
         # With its start time: the fence agent must never kill whatever reuses the pid later.
-        (self.power / f"{host}.pid").write_text(f"{proc.pid} {start_time(proc.pid) or 0}")
+        (self.power / f"{host}.pid").write_text(f"{proc.pid} {procfs.start_time(proc.pid) or 0}")
         deadline = time.monotonic() + 60
         while not (hw / "ready").exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -217,7 +216,7 @@ class HaPair:
 
     def pids_named(self, host: str, comm: str) -> list[int]:
         """Processes of ``host`` (its whole tree, instances included) whose name is ``comm``."""
-        return [pid for pid in descendants(self.root_pid[host]) if procfs.comm(pid) == comm]
+        return [pid for pid in procfs.descendants(self.root_pid[host]) if procfs.comm(pid) == comm]
 
     # --- the cluster ----------------------------------------------------------------------
     def wait_online(self, timeout: float = 120) -> None:

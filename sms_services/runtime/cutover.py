@@ -241,11 +241,12 @@ def cutover(target: SmsTarget, project: Project, new_sif: Path, *, trust: Trust,
                 "stopping anyway (its exit waits up to 3 s for them)")
         elif report.agents_left < 0:
             say(f"slurmctld did not answer sdiag within 2 s for {report.settle_s} s: stopping anyway")
-        since = time.time()
+        # The gap's start in the node's clock, as its samples: the last one before the stop.
+        pre = watch.samples()
+        since = pre[-1][0] if pre else time.time()
         say(f"stopping {target.image_name(old_sif)}")
         report.stop_s = target.stop_sms()
-        # Counted, not timed: the samples carry the compute node's clock, not this host's.
-        stopped = len(watch.samples())
+        stopped = len(watch.samples())  # counted, not timed: the samples carry the node's clock
         try:
             if before is not None:
                 copy_overlay(target.sms_overlay, before)
